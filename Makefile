@@ -1,0 +1,37 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv when it is missing and
+# install a CPU build of torch before synfer, so that resolving synfer's `torch` requirement never
+# pulls the multi-gigabyte CUDA wheels. Set TORCH_SPEC / TORCH_INDEX to choose another build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.synfer-installed
+
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || \
+		$(PY) -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -e ".[test]"
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/synfer generate --model tiny --aus "6,12" --n 16 --out runs/demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	@for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,91 @@
+"""What every command shares: consoles, the --debug flag, progress bars, quiet library logs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@dataclass
+class _State:
+    debug: bool = False
+
+
+state = _State()
+
+
+def quiet_libraries() -> None:
+    """Keep diffusers / transformers chatter (progress bars, notices) out of the command's output."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    logger = logging.getLogger("synfer")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+        logger.setLevel(logging.INFO if state.debug else logging.WARNING)
+        logger.propagate = False
+
+
+class _ConsoleHandler(logging.Handler):
+    """synfer's own log records as short lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelname.lower()
+        style = "yellow" if record.levelno >= logging.WARNING else "dim"
+        err_console.print(f"[{style}]{level}:[/] {record.getMessage()}", highlight=False)
+
+
+class _Rate(ProgressColumn):
+    """Items per second, from rich's own speed estimate."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} {self.unit}/s" if speed else f"-- {self.unit}/s", style="progress.data.speed")
+
+
+@contextmanager
+def progress_bar(description: str, total: int, unit: str = "img", completed: int = 0):
+    """A rich progress bar with count, rate and ETA on stderr; yields ``advance(k)``.
+
+    ``completed`` is work already done (a resume), counted without distorting the rate.
+    """
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        _Rate(unit),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(description, total=total, completed=completed)
+        yield lambda k=1: progress.advance(task, k)

@@ -1,0 +1,130 @@
+"""Resolve ``--model`` / ``--adapter`` into a ready :class:`SynFERPipeline`.
+
+A model is ``tiny`` (the random-weight smoke-test preset), a local diffusers folder (a full synfer
+model, or a Stable Diffusion 1.5 folder used with a separate adapter folder), or a hub id. Weights are
+read as safetensors only, and no remote code runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, ModelLoadError
+from .tiny import TINY_NAME
+
+MODEL_ENV = "SYNFER_MODEL"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+NO_MODEL_MESSAGE = (
+    "no model given: pass --model PATH (a synfer model folder, or a Stable Diffusion 1.5 folder with "
+    f"--adapter DIR, or a hub id) or set {MODEL_ENV}; --model tiny runs a random-weight smoke test"
+)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` (CUDA, then MPS, then CPU) or any name torch accepts."""
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r} (accepted: auto, cpu, cuda, cuda:N, mps)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is available (use --device cpu)")
+    return resolved
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """``auto`` is float16 on CUDA and float32 elsewhere."""
+    if dtype in (None, "", "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r} (accepted: auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def resolve_model_name(model: str | None) -> str:
+    """The ``--model`` value, falling back to ``$SYNFER_MODEL``; an error when neither is set."""
+    model = model or os.environ.get(MODEL_ENV)
+    if not model:
+        raise ModelLoadError(NO_MODEL_MESSAGE)
+    return model
+
+
+def load_au_adapter(path: str | os.PathLike):
+    """An :class:`AUAdapter` from a folder with ``config.json`` and safetensors weights."""
+    from .au_adapter import AUAdapter
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"AU adapter folder {str(path)!r} does not exist")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{str(path)!r} is not an AU adapter folder (no config.json)")
+    try:
+        return AUAdapter.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"could not load the AU adapter from {str(path)!r}: {_first_line(error)}") from error
+
+
+def load_pipeline(
+    model: str | None,
+    adapter: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | None = "auto",
+    seed: int = 0,
+):
+    """A :class:`SynFERPipeline` on ``device``, from ``tiny``, a local folder or a hub id.
+
+    ``adapter`` (a folder) replaces the model's own adapter, or adds one to a plain SD1.5 folder.
+    """
+    from ..pipelines.pipeline_synfer import SynFERPipeline
+
+    name = resolve_model_name(model)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    extra = {} if adapter is None else {"au_adapter": load_au_adapter(adapter)}
+
+    if name == TINY_NAME:
+        from .tiny import tiny_pipeline
+
+        pipe = tiny_pipeline(seed)
+        if "au_adapter" in extra:
+            pipe.load_au_adapter(extra["au_adapter"])
+        if torch_dtype != torch.float32:
+            pipe.to(dtype=torch_dtype)
+    else:
+        local = Path(name).expanduser()
+        if local.exists():
+            if not (local / "model_index.json").is_file():
+                raise ModelLoadError(
+                    f"{name!r} is not a diffusers pipeline folder (no model_index.json); "
+                    "give a synfer model or a Stable Diffusion 1.5 folder"
+                )
+            source, local_only = str(local), True
+        elif _HUB_ID.match(name) and not name.startswith((".", "~")):
+            source, local_only = name, bool(os.environ.get("HF_HUB_OFFLINE"))
+        else:
+            raise ModelLoadError(f"model folder {name!r} does not exist (and it is not a hub id such as org/name)")
+        try:
+            pipe = SynFERPipeline.from_pretrained(
+                source, dtype=torch_dtype, use_safetensors=True, local_files_only=local_only, **extra
+            )
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ModelLoadError(f"could not load model {name!r}: {_first_line(error)}") from error
+        pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

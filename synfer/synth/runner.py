@@ -1,0 +1,232 @@
+"""Making a dataset: shard by shard, batch by batch, from a plan and a pipeline.
+
+A shard is the unit of work and of completion. Its tar and then its index are renamed into place
+when it is complete; a shard with an index is never touched again, so rerunning the same command
+resumes where a crash stopped. Process ``rank`` of ``world_size`` makes the shards ``s`` with
+``s % world_size == rank`` and needs no communication with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..aus import NUM_AUS
+from ..data.format import (
+    CARD,
+    LABELS_DIR,
+    MANIFEST,
+    PREVIEW,
+    SCHEMA_VERSION,
+    SHARDS_DIR,
+    done_shards,
+    num_shards,
+    read_manifest,
+    shard_range,
+    write_json,
+)
+from ..data.writer import ShardWriter, check_image_format
+from ..errors import ConfigError, DatasetError
+from .plan import Planner, SamplePlan
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "cartoon, drawing, painting, illustration, 3d render, blurry, deformed face, extra limbs, text, watermark"
+)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """How each image is made from its plan (these settings change the samples too)."""
+
+    steps: int = 50
+    guidance_scale: float = 7.5
+    au_scale: float = 1.0
+    height: int = 512
+    width: int = 512
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    image_format: str = "png"
+    shard_size: int = 1000
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.shard_size < 1:
+            raise ConfigError(f"shard size must be >= 1, got {self.shard_size}")
+        if self.height < 8 or self.width < 8:
+            raise ConfigError(f"height and width must be >= 8, got {self.height}x{self.width}")
+        check_image_format(self.image_format)
+
+
+@dataclass
+class GenerateResult:
+    out: Path
+    made: int = 0  # samples made by this process in this run
+    skipped_shards: list[int] = field(default_factory=list)
+    made_shards: list[int] = field(default_factory=list)
+
+
+def build_manifest(planner: Planner, render: RenderConfig, model: dict) -> dict:
+    config = planner.config
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "synfer_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n": config.n,
+        "shard_size": render.shard_size,
+        "num_shards": num_shards(config.n, render.shard_size),
+        "base_seed": config.base_seed,
+        "label_set": planner.label_set.name,
+        "image_format": render.image_format,
+        "plan": config.to_dict(),
+        "render": asdict(render),
+        "model": model,
+    }
+
+
+def _sample_defining(manifest: dict) -> dict:
+    """The parts of a manifest that decide sample content: if they differ, a resume would mix datasets."""
+    keys = ("n", "shard_size", "base_seed", "label_set", "image_format", "plan", "render")
+    model = manifest.get("model", {})
+    hashes = {name: c.get("sha256") for name, c in model.get("components", {}).items()}
+    return {**{k: manifest.get(k) for k in keys}, "weights": hashes}
+
+
+def prepare_output(out: Path, manifest: dict, overwrite: bool = False, write: bool = True) -> None:
+    """Create ``out`` or check that it holds the same dataset; write the manifest when ``write``.
+
+    An existing dataset made with a different config is refused unless ``overwrite``, which removes it.
+    """
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        existing = read_manifest(out)
+        if _sample_defining(existing) != _sample_defining(manifest):
+            if not overwrite:
+                changed = sorted(k for k, v in _sample_defining(manifest).items() if _sample_defining(existing).get(k) != v)
+                raise DatasetError(
+                    f"{out} holds a dataset made with a different config (differs in: {', '.join(changed)}); "
+                    "use the same options to resume, another --out, or --overwrite to replace it"
+                )
+            if write:
+                _remove_dataset(out)
+        else:
+            return  # same dataset: resume, keep the original manifest
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not out.is_dir():
+            raise DatasetError(f"--out {out} exists and is not a folder")
+        if not overwrite:
+            raise DatasetError(f"--out {out} exists, is not empty and is not a synfer dataset; choose a new folder")
+    if not write:
+        return
+    try:
+        (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+        write_json(out / MANIFEST, manifest)
+    except OSError as error:
+        raise DatasetError(f"cannot write to --out {out}: {error.strerror or error}") from None
+
+
+def _remove_dataset(out: Path) -> None:
+    for name in (SHARDS_DIR, LABELS_DIR):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in (MANIFEST, CARD, PREVIEW):
+        (out / name).unlink(missing_ok=True)
+
+
+def _row_and_meta(plan: SamplePlan, shard: int, height: int, width: int) -> tuple[dict, dict]:
+    attributes = plan.attributes.to_dict()
+    row = {
+        "key": plan.key,
+        "index": plan.index,
+        "shard": shard,
+        "label": int(plan.label),
+        "label_name": plan.label.label,
+        "aus": plan.aus.values.tolist(),
+        "au_known": plan.aus.known.tolist(),
+        "prompt": plan.prompt,
+        "seed": plan.seed,
+        "height": height,
+        "width": width,
+        "attributes": json.dumps(attributes, sort_keys=True),
+    }
+    meta = {
+        "key": plan.key,
+        "index": plan.index,
+        "label": int(plan.label),
+        "label_name": plan.label.label,
+        "aus": plan.aus.format(),
+        "au_intensities": [round(float(v), 4) for v in plan.aus.values],
+        "au_known": [bool(k) for k in plan.aus.known],
+        "prompt": plan.prompt,
+        "seed": plan.seed,
+        "height": height,
+        "width": width,
+        "attributes": attributes,
+    }
+    assert len(meta["au_intensities"]) == NUM_AUS
+    return row, meta
+
+
+def rank_shards(n: int, shard_size: int, rank: int = 0, world_size: int = 1) -> range:
+    """The shards process ``rank`` of ``world_size`` is responsible for."""
+    return range(rank, num_shards(n, shard_size), world_size)
+
+
+def render_batch(pipe, plans: list[SamplePlan], render: RenderConfig):
+    """Images for ``plans``; each image depends only on its own plan (one generator per image)."""
+    return pipe(
+        prompt=[p.prompt for p in plans],
+        negative_prompt=[render.negative_prompt] * len(plans),
+        aus=[p.aus for p in plans] if pipe.au_adapter is not None else None,
+        au_scale=render.au_scale,
+        generator=[torch.Generator("cpu").manual_seed(p.seed) for p in plans],
+        num_inference_steps=render.steps,
+        guidance_scale=render.guidance_scale,
+        height=render.height,
+        width=render.width,
+        output_type="pil",
+    ).images
+
+
+def generate_dataset(
+    pipe,
+    planner: Planner,
+    render: RenderConfig,
+    out: Path,
+    *,
+    batch_size: int = 8,
+    rank: int = 0,
+    world_size: int = 1,
+    on_progress: Callable[[int], None] | None = None,
+) -> GenerateResult:
+    """Make this process's unfinished shards of the dataset in ``out`` (whose manifest must exist).
+
+    ``on_progress(k)`` is called after each batch of ``k`` new samples.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    out = Path(out)
+    n = planner.config.n
+    result = GenerateResult(out)
+    finished = done_shards(out)
+    for shard in rank_shards(n, render.shard_size, rank, world_size):
+        indices = shard_range(shard, n, render.shard_size)
+        if shard in finished:
+            result.skipped_shards.append(shard)
+            continue
+        with ShardWriter(out, shard, render.image_format) as writer:
+            for start in range(indices.start, indices.stop, batch_size):
+                plans = [planner.plan(i) for i in range(start, min(start + batch_size, indices.stop))]
+                for plan, image in zip(plans, render_batch(pipe, plans, render)):
+                    row, meta = _row_and_meta(plan, shard, render.height, render.width)
+                    writer.write(row, image, meta)
+                result.made += len(plans)
+                if on_progress is not None:
+                    on_progress(len(plans))
+        result.made_shards.append(shard)
+    return result
