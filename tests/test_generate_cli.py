@@ -146,3 +146,20 @@ def test_info_lists_components(tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("torch", "diffusers", "unet", "au_adapter", "UNet2DConditionModel", "7 cross-attention layers"):
         assert name in result.output
+
+
+def test_dataset_reader_sees_finished_shards_only(tmp_path):
+    from synfer.data.dataset import SynferDataset
+    from synfer.errors import DatasetError
+
+    out = tmp_path / "d"
+    assert generate("--n", "5", "--shard-size", "2", "--out", str(out)).exit_code == 0
+    (out / "shards" / "00001.parquet").unlink()
+    dataset = SynferDataset(out)
+    assert dataset.shards == [0, 2] and not dataset.complete and dataset.num_shards == 3
+    samples = list(dataset)
+    assert [s.key for s in samples] == ["000000000", "000000001", "000000004"]
+    assert samples[0].image.size == (32, 32) and samples[0].meta["key"] == "000000000"
+    assert dataset.index(["key"]).column("key").to_pylist() == [s.key for s in samples]
+    with pytest.raises(DatasetError, match="not a synfer dataset"):
+        SynferDataset(tmp_path)
