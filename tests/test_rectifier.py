@@ -117,3 +117,18 @@ def test_labeler_specs_go_through_the_registry(tmp_path):
         load_labeler(f"classifier:{tmp_path}")
     with pytest.raises(Exception, match="not a FERAnno head"):
         load_labeler(f"feranno:{tmp_path}")
+
+
+def test_classifier_labeler_probabilities_and_fingerprint():
+    from synfer.labelers.classifier import create_classifier
+    from synfer.labelers.registry import ClassifierLabeler
+
+    torch.manual_seed(0)
+    model = create_classifier("tiny-resnet", "affectnet7")  # has BatchNorm step counters (0-dim tensors)
+    labeler = ClassifierLabeler(model, source="mem")
+    probs = labeler.predict(LabelBatch(torch.rand(3, 3, 32, 32)))
+    assert probs.shape == (3, 7) and torch.allclose(probs.sum(1), torch.ones(3))
+    assert labeler.label_set is AFFECTNET7
+    with torch.no_grad():
+        model.head.bias[0] += 1.0
+    assert ClassifierLabeler(model).fingerprint != labeler.fingerprint

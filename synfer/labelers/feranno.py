@@ -364,7 +364,9 @@ class FERAnnoFeatureExtractor:
         return json_sha256(self.spec())
 
     # -- the pass ------------------------------------------------------------------------------
-    def _prompt_embeds(self) -> torch.Tensor:
+    @torch.no_grad()
+    def prompt_embeds(self) -> torch.Tensor:
+        """The neutral prompt's text embeddings [1, tokens, dim] (encoded once)."""
         if self._text is None:
             tokens = self.pipe.tokenizer(
                 [self.config.prompt],
@@ -417,7 +419,7 @@ class FERAnnoFeatureExtractor:
         noise = torch.randn(latents.shape[1:], generator=generator).expand_as(latents)
         timesteps = torch.full((batch,), self.config.timestep, dtype=torch.long)
         noisy = self.noise_scheduler.add_noise(latents.float(), noise.to(latents.device), timesteps.to(latents.device))
-        text = self._prompt_embeds().expand(batch, -1, -1)
+        text = self.prompt_embeds().expand(batch, -1, -1)
         au_tokens = self._au_tokens(batch, aus, au_known)
         context = text if au_tokens is None else (text, au_tokens.to(self.dtype))
 

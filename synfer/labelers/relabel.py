@@ -191,10 +191,11 @@ def relabel_dataset(
                 f"{final} exists and was made with other labelers, settings or data; "
                 "choose another --name or pass --overwrite to replace it"
             )
-        table = pq.read_table(final)
-        report = build_report(table, dataset.label_set, name, metadata)
-        _write_report(dataset.root, name, report, work_dir(dataset.root, name))
-        shutil.rmtree(work_dir(dataset.root, name), ignore_errors=True)
+        report = build_report(pq.read_table(final), dataset.label_set, name, metadata)
+        work = work_dir(dataset.root, name)
+        if not (report_file(dataset.root, name).exists() and matrix_figure(dataset.root, name).exists()):
+            _write_report(dataset.root, name, report, work)  # removed by hand since: written again
+        shutil.rmtree(work, ignore_errors=True)
         return RelabelOutput(final, report)
 
     work = _prepare_work(dataset.root, name, metadata)
