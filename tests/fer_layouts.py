@@ -7,7 +7,6 @@ classifier can learn them in a few steps: a toy separable set in every layout.
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -156,6 +155,3 @@ def write_relabel(root, name, rows):
     })
     pq.write_table(table, root / "labels" / f"{name}.parquet")
 
-
-def dump(path, data):
-    path.write_text(json.dumps(data))

@@ -174,3 +174,16 @@ def test_unreadable_training_images_are_counted_or_fatal_with_strict(tmp_path):
     strict = runner.invoke(app, [*args, "--strict", "--out", str(tmp_path / "strict")])
     assert strict.exit_code == 2 and "unreadable image" in strict.stderr and "sad/1.png" in strict.stderr
     assert "Traceback" not in strict.stderr and not (tmp_path / "strict" / "metrics.json").exists()
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    from fer_layouts import face
+    from synfer.errors import ConfigError
+
+    root = write_folder(tmp_path / "faces", per_class=2)
+    options = dict(mode="real-only", real=str(root), epochs=2, workers=0, checkpoint_every=1, out=str(tmp_path / "run"), **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        train_downstream(DownstreamConfig(**options), Crash(at_step=2))
+    face(Expression.HAPPY, 9).save(root / "train" / "happy" / "9.png")
+    with pytest.raises(ConfigError, match="the real dataset changed .*16 images then, 17 now"):
+        train_downstream(DownstreamConfig(resume=True, **options))

@@ -42,7 +42,7 @@ class _RichHooks:
             console=err_console,
         )
         self.progress.start()
-        self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=images + done, completed=done, loss="-")
+        self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=images, completed=done, loss="-")
 
     def step_finished(self, step: int, images: int, loss: float) -> None:
         if self.progress is not None:

@@ -445,9 +445,25 @@ class _Trainer:
         }
 
     def resume(self) -> None:
-        checkpoint = latest_checkpoint(self.run) if self.config.resume else None
+        if not self.config.resume:
+            return
+        saved = json.loads((self.run / CONFIG_NAME).read_text())
+        if saved.get("num_processes") != self.accelerator.num_processes:
+            raise ConfigError(
+                f"{self.run} was trained by {saved.get('num_processes')} process(es), this launch has "
+                f"{self.accelerator.num_processes}; an exact resume needs the same number"
+            )
+        now = self.describe()["datasets"]
+        changed = [role for role, info in saved.get("datasets", {}).items() if now.get(role, {}).get("images") != info.get("images")]
+        if changed:
+            role = changed[0]
+            raise ConfigError(
+                f"the {role} dataset changed since {self.run} started ({saved['datasets'][role].get('images')} images then, "
+                f"{now.get(role, {}).get('images')} now); an exact resume needs the same data"
+            )
+        checkpoint = latest_checkpoint(self.run)
         if checkpoint is None:
-            if self.config.resume and self.main:
+            if self.main:
                 self.hooks.log(f"no checkpoint in {self.run / CHECKPOINTS_DIR}: starting from step 0")
             return
         self.accelerator.load_state(str(checkpoint))
@@ -660,6 +676,7 @@ def train_downstream(config: DownstreamConfig, hooks: TrainHooks | None = None) 
             saved = Path(config.out) / CONFIG_NAME
             if not saved.is_file():
                 write_json(saved, trainer.describe())
+        trainer.accelerator.wait_for_everyone()
         trainer.resume()
         trainer.train()
         return trainer.finish()

@@ -8,6 +8,7 @@ or shuffle raw samples without paying for decoding them.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -174,8 +175,6 @@ def open_image(path: Path, box: tuple[float, float, float, float] | None = None)
 
 
 def decode_image_bytes(data: bytes, source: str) -> Image.Image:
-    import io
-
     try:
         with Image.open(io.BytesIO(data)) as handle:
             return handle.convert("RGB")
