@@ -149,6 +149,10 @@ def train_downstream(
         raise typer.Exit(130) from None
     finally:
         hooks.close()
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
     best, last = result.best.summary(), result.last.summary()
     console.print(
         f"{out}: {result.steps} steps; best (step {result.best_step}) accuracy {best['accuracy']:.4f}, "

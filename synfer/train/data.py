@@ -13,13 +13,15 @@ workers, gradient accumulation):
    DataLoader takes batches from its workers round-robin, so role ``j % W`` makes batch ``j``.
 
 Resuming after ``k`` batches of an epoch therefore means: role ``w`` drops the first
-``len(range(w, k, W))`` batches of its run, before decoding them, and worker 0 plays role ``k % W``. Data stays on disk: the main
-process holds labels and positions, workers decode only what they yield.
+``len(range(w, k, W))`` batches of its run without decoding them, and worker 0 plays role
+``k % W``. Data stays on disk: the main process holds labels and positions, workers decode only
+what they yield.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 import webdataset as wds
@@ -173,7 +175,7 @@ class TrainStream(IterableDataset):
         skip = len(range(worker, self.skip_batches, shape.readers)) * batch
         for slot, index in enumerate(mine):
             raw = next(streams[index])
-            if slot >= skip:  # skipped samples are read but never decoded
+            if slot >= skip:  # skipped samples are never decoded
                 yield to_item(self.sources[index].dataset, raw, self.label_set, self.image_size, int(index))
 
 

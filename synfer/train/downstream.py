@@ -662,8 +662,10 @@ def train_downstream(config: DownstreamConfig, hooks: TrainHooks | None = None) 
     config.validate()
     hooks = hooks or TrainHooks()
     # The process layout (accelerate launch) is known before the Accelerator is built.
-    if prepare_run(config, main=PartialState(cpu=config.cpu).is_main_process):
-        hooks.log(f"{config.out} is a finished run; its results are in {Path(config.out) / METRICS_NAME}")
+    main = PartialState(cpu=config.cpu).is_main_process
+    if prepare_run(config, main=main):
+        if main:
+            hooks.log(f"{config.out} is a finished run; its results are in {Path(config.out) / METRICS_NAME}")
         return finished_output(Path(config.out))
     trainer = _Trainer(config, hooks)
     try:
