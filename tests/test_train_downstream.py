@@ -187,3 +187,25 @@ def test_resume_refuses_changed_data(tmp_path):
     face(Expression.HAPPY, 9).save(root / "train" / "happy" / "9.png")
     with pytest.raises(ConfigError, match="the real dataset changed .*16 images then, 17 now"):
         train_downstream(DownstreamConfig(resume=True, **options))
+
+
+def test_folder_swaps_survive_a_crash_between_renames(tmp_path):
+    from synfer.train.checkpoints import latest_checkpoint, replace_dir, restore_swapped
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "model.safetensors").write_text("old")
+    (run / "best.tmp").mkdir()
+    (run / "best.tmp" / "model.safetensors").write_text("new")
+    replace_dir(run / "best.tmp", run / "best")
+    assert (run / "best" / "model.safetensors").read_text() == "new" and sorted(p.name for p in run.iterdir()) == ["best"]
+
+    # A crash after "best" was moved aside and before the new one arrived: the old one comes back.
+    (run / "best").rename(run / "best.old")
+    (run / "checkpoints" / "step-00000009.tmp").mkdir(parents=True)  # a checkpoint being written
+    (run / "checkpoints" / "step-00000004").mkdir()
+    (run / "checkpoints" / "step-00000004" / "trainer_state.json").write_text("{}")
+    restore_swapped(run)
+    assert (run / "best" / "model.safetensors").read_text() == "new" and not (run / "best.old").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000004"]
+    assert latest_checkpoint(run).name == "step-00000004"

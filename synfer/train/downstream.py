@@ -34,6 +34,7 @@ from ..data.readers import LAYOUTS, LabelledDataset, detect_layout, open_labelle
 from ..errors import ConfigError, DatasetError
 from ..eval.metrics import ClassificationMetrics
 from ..expressions import LabelSet, get_label_set
+from .checkpoints import CHECKPOINTS_DIR, STATE_NAME, latest_checkpoint, load_ema, replace_dir, restore_swapped, save_ema
 from .data import IGNORE_INDEX, EvalStream, Source, StreamShape, TrainStream, make_loader
 
 MODES = ("synthetic-only", "real-only", "mixed")
@@ -41,8 +42,6 @@ BEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.json"
-STATE_NAME = "trainer_state.json"
-CHECKPOINTS_DIR = "checkpoints"
 # Options that may change when a run resumes: they decide nothing about the weights.
 RESUMABLE_CHANGES = frozenset({"out", "checkpoint_every", "keep_checkpoints", "strict", "resume"})
 CURVE_POINTS = 200
@@ -188,28 +187,6 @@ class TrainerState:
 
 # -- the run folder -------------------------------------------------------------------------------
 
-def _restore_swapped(run: Path) -> None:
-    """Finish a directory swap a crash interrupted (see :func:`_replace_dir`)."""
-    for old in run.glob("*.old"):
-        final = old.with_suffix("")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, final)
-    for tmp in list(run.glob("*.tmp")) + list((run / CHECKPOINTS_DIR).glob("*.tmp")):
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Put the finished folder ``tmp`` at ``final`` by renames only; the old one goes last."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def prepare_run(config: DownstreamConfig, main: bool = True) -> bool:
     """Create the run folder or check that it holds this run; True when a finished run is found.
 
@@ -229,7 +206,7 @@ def prepare_run(config: DownstreamConfig, main: bool = True) -> bool:
             details = ", ".join(f"{k}: {previous.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
             raise ConfigError(f"{run} was started with other options ({details}); an exact resume needs the same ones")
         if main:
-            _restore_swapped(run)
+            restore_swapped(run)
         return (run / METRICS_NAME).is_file()
     if run.exists() and (not run.is_dir() or any(run.iterdir())):
         raise ConfigError(f"--out {run} exists and is not a synfer training run; choose a new folder")
@@ -239,12 +216,6 @@ def prepare_run(config: DownstreamConfig, main: bool = True) -> bool:
     except OSError as error:
         raise ConfigError(f"cannot create --out {run}: {error.strerror or error}") from None
     return False
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    folder = Path(run) / CHECKPOINTS_DIR
-    done = [p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_NAME).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -324,25 +295,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if parameter.requires_grad:
             (decay if parameter.ndim > 1 else plain).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
-def _save_ema(ema, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = ema.state_dict()
-    shadow = state.pop("shadow_params")
-    save_file({str(i): p.detach().to("cpu").contiguous() for i, p in enumerate(shadow)}, str(folder / "ema.safetensors"))
-    (folder / "ema.json").write_text(json.dumps(state, sort_keys=True))
-
-
-def _load_ema(ema, folder: Path, device) -> None:
-    from safetensors.torch import load_file
-
-    state = json.loads((folder / "ema.json").read_text())
-    tensors = load_file(str(folder / "ema.safetensors"))
-    state["shadow_params"] = [tensors[str(i)] for i in range(len(tensors))]
-    ema.load_state_dict(state)
-    ema.to(device)
 
 
 class _Trainer:
@@ -469,7 +421,7 @@ class _Trainer:
         self.accelerator.load_state(str(checkpoint))
         self.state = TrainerState.from_dict(json.loads((checkpoint / STATE_NAME).read_text()))
         if self.ema is not None:
-            _load_ema(self.ema, checkpoint, self.accelerator.device)
+            load_ema(self.ema, checkpoint, self.accelerator.device)
         if self.main:
             self.hooks.log(f"resumed from {checkpoint} (step {self.state.step} of {self.total_steps})")
 
@@ -483,9 +435,9 @@ class _Trainer:
         accelerator.save_state(str(tmp))
         if self.main:
             if self.ema is not None:
-                _save_ema(self.ema, tmp)
+                save_ema(self.ema, tmp)
             write_json(tmp / STATE_NAME, self.state.to_dict())
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
             done = sorted((p for p in folder.glob("step-*") if not p.name.endswith(".tmp")), key=lambda p: int(p.name.split("-")[1]))
             for old in done[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -512,7 +464,7 @@ class _Trainer:
         extra = {"trained": {"step": self.state.step, "mode": self.config.mode, "ema": self.ema is not None,
                              "eval": self.eval_set.name, **metrics.summary()}}
         self._with_eval_weights(lambda: self.unwrapped.save_pretrained(tmp, extra=extra))
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
 
     def evaluate(self) -> ClassificationMetrics:
         config = self.config
