@@ -470,8 +470,10 @@ class _Trainer:
         config = self.config
 
         def run():
+            # The bare module: a DDP forward may broadcast buffers, a collective that would hang
+            # when processes evaluate different numbers of batches.
             return evaluate(
-                self.model, self.eval_set, self.label_set, self.image_size, config.eval_batch_size or config.batch_size,
+                self.unwrapped, self.eval_set, self.label_set, self.image_size, config.eval_batch_size or config.batch_size,
                 config.workers, self.accelerator, config.seed,
             )
 
