@@ -1,0 +1,163 @@
+"""``synfer train-downstream``: what is the synthetic data worth? Train a FER classifier, test it on real faces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import ConfigError
+from . import app
+from ._common import _Rate, console, err_console, quiet_libraries
+
+_DATA_HELP = "AffectNet (CSV or NPY layout), RAF-DB, FER2013, an image folder per expression, or a synfer dataset."
+
+
+class _RichHooks:
+    """A rich progress bar per epoch (images, loss, rate, ETA) and one line per evaluation.
+
+    It has the methods of ``synfer.train.downstream.TrainHooks`` without importing it, so that
+    ``synfer --help`` does not load torch.
+    """
+
+    def __init__(self):
+        self.progress: Progress | None = None
+        self.task = None
+
+    def log(self, message: str) -> None:
+        err_console.print(message, highlight=False, soft_wrap=True)
+
+    def epoch_started(self, epoch: int, epochs: int, images: int, done: int) -> None:
+        self.close()
+        self.progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            _Rate("img"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err_console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=images, completed=done, loss="-")
+
+    def step_finished(self, step: int, images: int, loss: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=images, loss=f"{loss:.4f}")
+
+    def epoch_finished(self, epoch: int) -> None:
+        self.close()
+
+    def evaluated(self, step: int, metrics) -> None:
+        summary = metrics.summary()
+        line = f"step {step}: accuracy {summary['accuracy']:.4f}, balanced accuracy {summary['balanced_accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}"
+        (self.progress.console if self.progress is not None else err_console).print(line, highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _mode(synthetic_only: bool, real_only: bool, mixed: bool, synthetic: Path | None, real: Path | None) -> str:
+    chosen = [name for name, flag in (("synthetic-only", synthetic_only), ("real-only", real_only), ("mixed", mixed)) if flag]
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one of --synthetic-only, --real-only and --mixed (got {', '.join('--' + c for c in chosen)})")
+    if chosen:
+        return chosen[0]
+    if synthetic is not None and real is not None:
+        return "mixed"
+    if synthetic is not None:
+        return "synthetic-only"
+    if real is not None:
+        return "real-only"
+    raise ConfigError("give training data: --synthetic-only --synthetic DATASET, --real-only --real DIR, or --mixed with both")
+
+
+@app.command("train-downstream")
+def train_downstream(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, checkpoints, best/ and last/ classifiers, metrics)."),
+    synthetic_only: bool = typer.Option(False, "--synthetic-only", help="Train on --synthetic only."),
+    real_only: bool = typer.Option(False, "--real-only", help="Train on --real only."),
+    mixed: bool = typer.Option(False, "--mixed", help="Train on --real and --synthetic together."),
+    synthetic: str = typer.Option(None, "--synthetic", help="A synfer dataset folder."),
+    labels: str = typer.Option(None, "--labels", help="Use labels/NAME.parquet from synfer relabel (its keep flag drops samples)."),
+    real: str = typer.Option(None, "--real", help=f"Real training data: {_DATA_HELP}"),
+    real_split: str = typer.Option("train", "--real-split", help="Split of --real to train on."),
+    real_layout: str = typer.Option(None, "--real-layout", help="Layout of --real (default: detected)."),
+    eval_real: str = typer.Option(None, "--eval-real", help=f"Evaluation data (default: --real's --eval-split): {_DATA_HELP}"),
+    eval_split: str = typer.Option("val", "--eval-split", help="Split to evaluate on (val; test for RAF-DB and FER2013's private test)."),
+    eval_layout: str = typer.Option(None, "--eval-layout", help="Layout of --eval-real (default: detected)."),
+    synthetic_ratio: float = typer.Option(0.5, "--synthetic-ratio", help="--mixed: share of synthetic images in each epoch."),
+    classes: int = typer.Option(8, "--classes", help="8 (AffectNet-8) or 7 (no contempt: dropped from every dataset)."),
+    backbone: str = typer.Option("resnet18", "--backbone", help="resnet18, resnet50, convnext-tiny, vit-base (tiny-* for tests)."),
+    weights: str = typer.Option(None, "--weights", help="imagenet, a hub id or a folder; random init when left out."),
+    image_size: int = typer.Option(None, "--image-size", help="Input size (default: the backbone's)."),
+    epochs: int = typer.Option(10, "--epochs"),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per batch per process."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Batches per optimizer step."),
+    lr: float = typer.Option(3e-4, "--lr", help="Peak AdamW learning rate (linear warm-up, then cosine)."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay"),
+    warmup_ratio: float = typer.Option(0.05, "--warmup-ratio", help="Share of the steps spent warming up."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing"),
+    balanced: bool = typer.Option(False, "--balanced", help="Class-balanced sampling (with replacement)."),
+    ema_decay: float = typer.Option(None, "--ema", help="Keep an EMA of the weights with this decay; it is evaluated and saved."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="kornia crop, flip, affine, colour jitter, erasing."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
+    cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even when a GPU is present."),
+    workers: int = typer.Option(4, "--workers", help="DataLoader worker processes that decode images."),
+    shuffle_buffer: int = typer.Option(512, "--shuffle-buffer", help="Samples a synfer shard reader shuffles among."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Optimizer steps between checkpoints."),
+    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints"),
+    eval_every: int = typer.Option(None, "--eval-every", help="Steps between evaluations (default: every epoch)."),
+    eval_batch_size: int = typer.Option(None, "--eval-batch-size"),
+    best_metric: str = typer.Option("accuracy", "--best-metric", help="accuracy, balanced_accuracy or macro_f1 picks best/."),
+    crop_face: bool = typer.Option(False, "--crop-face", help="AffectNet CSV layout: crop each image to its face box."),
+    numbering: str = typer.Option(None, "--numbering", help="Image folders named by number: affectnet, rafdb or fer2013 codes."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on missing or unreadable images instead of counting them."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+) -> None:
+    """Train a FER classifier on synthetic, real or mixed data and evaluate it on real images."""
+    from ..train.downstream import DownstreamConfig
+    from ..train.downstream import train_downstream as run_training
+
+    config = DownstreamConfig(
+        out=str(out), mode=_mode(synthetic_only, real_only, mixed, synthetic, real), synthetic=synthetic,
+        synthetic_labels=labels, real=real, real_split=real_split, real_layout=real_layout, eval_real=eval_real,
+        eval_split=eval_split, eval_layout=eval_layout, synthetic_ratio=synthetic_ratio, classes=classes,
+        backbone=backbone, weights=weights, image_size=image_size, epochs=epochs, max_steps=max_steps,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+        label_smoothing=label_smoothing, balanced=balanced, ema_decay=ema_decay, augment=augment,
+        mixed_precision=mixed_precision, cpu=cpu, workers=workers, shuffle_buffer=shuffle_buffer,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, eval_every=eval_every,
+        eval_batch_size=eval_batch_size, best_metric=best_metric, crop_face=crop_face, numbering=numbering,
+        strict=strict, seed=seed, resume=resume,
+    )
+    config.validate()  # before any import of the model stack: a typo costs nothing
+    quiet_libraries()
+    hooks = _RichHooks()
+    try:
+        result = run_training(config, hooks)
+    except KeyboardInterrupt:
+        hooks.close()
+        err_console.print(f"interrupted: rerun with --resume to continue {out} from its latest checkpoint")
+        raise typer.Exit(130) from None
+    finally:
+        hooks.close()
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    best, last = result.best.summary(), result.last.summary()
+    console.print(
+        f"{out}: {result.steps} steps; best (step {result.best_step}) accuracy {best['accuracy']:.4f}, "
+        f"balanced accuracy {best['balanced_accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}; "
+        f"last accuracy {last['accuracy']:.4f}" + (f"; {result.unreadable} unreadable images skipped" if result.unreadable else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
