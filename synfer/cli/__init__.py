@@ -49,4 +49,4 @@ def main() -> None:
 
 
 # Importing a command module registers its commands on `app`.
-from . import generate, info  # noqa: E402, F401
+from . import generate, info, inspect  # noqa: E402, F401
