@@ -33,6 +33,7 @@ def test_scale_and_n():
         (["--aus", "6"], "--n N or --scale"),
         (["--n", "4", "--label", "happy", "--distribution", "affectnet"], "cannot be combined with --distribution"),
         (["--n", "4", "--distribution", "zipf"], "unknown --distribution 'zipf'"),
+        (["--n", "4", "--aus", "6,12", "--distribution", "balanced"], "cannot be combined with --distribution"),
         (["--n", "4", "--distribution", "missing.json"], "cannot read label weights"),
         (["--n", "4", "--au-source", "empirical"], "needs --au-table"),
         (["--n", "4", "--au-source", "fixed"], "needs --aus"),

@@ -98,7 +98,8 @@ def test_shards_load_with_webdataset_and_hugging_face_datasets(made, tmp_path):
     assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(N)]
     assert [s["json"]["label_name"] for s in samples] == labels_in_index(made)
 
-    datasets = pytest.importorskip("datasets")
+    import datasets  # the test extra installs it
+
     loaded = datasets.load_dataset(str(made), split="train", cache_dir=str(tmp_path / "cache"))
     assert loaded.num_rows == N
     assert sorted(loaded["__key__"]) == [f"{i:09d}" for i in range(N)]

@@ -63,7 +63,7 @@ def test_plans_are_pure_functions_of_the_index():
     "config, expected",
     [
         (PlanConfig(n=70, classes=7), {e: 10 for e in Expression if e is not Expression.CONTEMPT}),
-        (custom({"happy": 2, "1": 0, "sad": 1}, n=9), {Expression.HAPPY: 6, Expression.SAD: 3}),
+        (custom({"happy": 2, "surprise": 0, "sad": 1}, n=9), {Expression.HAPPY: 6, Expression.SAD: 3}),
         (custom({"happy": 0.5, "sad": 0.3, "fear": 0.2}, n=7), {Expression.HAPPY: 4, Expression.SAD: 2, Expression.FEAR: 1}),
     ],
 )
@@ -160,6 +160,11 @@ def test_config_validation():
         custom({"contempt": 1, "happy": 1}, n=4, classes=7)
     with pytest.raises(ConfigError, match="positive"):
         custom({"happy": 0}, n=4)
+    with pytest.raises(ConfigError, match="given twice"):
+        custom({"happy": 1, "1": 2}, n=4)
+    with pytest.raises(ConfigError, match="nearest prototype"):
+        PlanConfig(n=1, aus="6,12", distribution="affectnet")
+    assert custom({"3": 1, "Happiness": 2}, n=4).weights == (("happy", 2), ("surprise", 1))
 
 
 def test_read_label_weights(tmp_path):

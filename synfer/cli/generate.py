@@ -159,6 +159,8 @@ def _plan_config(n, scale, seed, classes, label, aus, prompt, distribution, au_s
         n = scaled_size(scale, classes)
     if label is not None and distribution is not None:
         raise ConfigError("--label fixes every sample's label; it cannot be combined with --distribution")
+    if aus is not None and distribution is not None:
+        raise ConfigError("--aus without --label labels every sample by the nearest prototype; it cannot be combined with --distribution")
     weights = None
     if distribution is not None and distribution not in ("balanced", "affectnet"):
         if not distribution.lower().endswith(".json"):

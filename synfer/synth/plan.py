@@ -41,7 +41,7 @@ from .apportion import Apportionment, apportion, integer_weights
 from .au_sources import AU_SOURCES, AUSource
 from .seeds import LABEL_STREAM, derive_seed
 
-__all__ = ["PlanConfig", "Planner", "SamplePlan", "derive_seed", "scaled_size", "read_label_weights"]
+__all__ = ["PlanConfig", "Planner", "SamplePlan", "derive_seed", "normalize_label_weights", "read_label_weights", "scaled_size"]
 
 
 def _balanced(label_set: LabelSet, config: "PlanConfig") -> tuple[float, ...]:
@@ -77,6 +77,20 @@ def scaled_size(scale: str, classes: int | str = 8) -> int:
     return int(match[1]) * affectnet_train_size(get_label_set(classes))
 
 
+def normalize_label_weights(items) -> tuple[tuple[str, float], ...]:
+    """(label, weight) pairs with labels as canonical names, in AffectNet id order; each label once."""
+    weights: dict[str, float] = {}
+    for key, value in items:
+        name = parse_expression(key).label
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"the label weight of {key!r} must be a number, got {value!r}")
+        if name in weights:
+            raise ConfigError(f"label {name!r} is given twice in the label weights")
+        weights[name] = value
+    integer_weights(list(weights.values()))  # finite, >= 0, one positive
+    return tuple(sorted(weights.items(), key=lambda item: int(parse_expression(item[0]))))
+
+
 def read_label_weights(path: str | Path) -> tuple[tuple[str, float], ...]:
     """A JSON file mapping label (name or AffectNet id) to weight, e.g. ``{"happy": 2, "sad": 1}``.
 
@@ -91,16 +105,7 @@ def read_label_weights(path: str | Path) -> tuple[tuple[str, float], ...]:
         raise ConfigError(f"label weights {path} is not valid JSON: {error}") from None
     if not isinstance(data, dict) or not data:
         raise ConfigError(f'label weights {path} must be a JSON object mapping label to weight, e.g. {{"happy": 2, "sad": 1}}')
-    weights: dict[str, float] = {}
-    for key, value in data.items():
-        name = parse_expression(key).label
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"label weights {path}: the weight of {key!r} must be a number, got {value!r}")
-        if name in weights:
-            raise ConfigError(f"label weights {path}: {name!r} is given twice")
-        weights[name] = value
-    integer_weights(list(weights.values()))  # validates: finite, >= 0, one positive
-    return tuple(sorted(weights.items(), key=lambda item: int(parse_expression(item[0]))))
+    return normalize_label_weights(data.items())
 
 
 @dataclass(frozen=True)
@@ -135,8 +140,13 @@ class PlanConfig:
             raise ConfigError("label weights go with the 'custom' distribution, and only with it")
         if self.label is not None and self.distribution != "balanced":
             raise ConfigError("a fixed label cannot be combined with a label distribution; give one or the other")
+        if self.aus is not None and self.label is None and self.distribution != "balanced":
+            raise ConfigError(
+                "fixed AUs without a label take the label of the nearest prototype; "
+                "they cannot be combined with a label distribution (give a label, or drop the fixed AUs)"
+            )
         if self.weights is not None:
-            object.__setattr__(self, "weights", tuple((str(k), v) for k, v in self.weights))
+            object.__setattr__(self, "weights", normalize_label_weights(self.weights))
             integer_weights(LABEL_DISTRIBUTIONS["custom"](label_set, self))
         source = self.au_source or ("fixed" if self.aus is not None else "prototype")
         object.__setattr__(self, "au_source", source)

@@ -96,6 +96,7 @@ def build_manifest(planner: Planner, render: RenderConfig, model: dict) -> dict:
         "render": asdict(render),
         "model": model,
         "label_counts": {e.label: c for e, c in planner.counts.items()},
+        "label_adjusted": list(planner.adjusted),  # the samples whose label depends on n (see synth.plan)
     }
 
 
