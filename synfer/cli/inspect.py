@@ -51,6 +51,7 @@ def inspect(
     ),
 ) -> None:
     """Show a dataset's counts and per-shard completion; with --verify, check it end to end (exit 1 on problems)."""
+    from ..data.card import describe_labels
     from ..data.dataset import SynferDataset
     from ..data.format import CARD, PREVIEW, SHARDS_DIR, TMP_SUFFIX, index_path, shard_range, tar_path
     from ..data.verify import verify_dataset
@@ -65,9 +66,8 @@ def inspect(
 
     plan, render, model = manifest.get("plan", {}), manifest.get("render", {}), manifest.get("model", {})
     console.print(
-        f"labels {dataset.label_set.name} ({plan.get('distribution', 'balanced')}"
-        + (f", fixed {plan['label']}" if plan.get("label") is not None else "")
-        + f"), AUs {plan.get('au_source') or 'prototype'}, model {model.get('name')}, {render.get('steps')} steps, "
+        f"labels {dataset.label_set.name}: {describe_labels(dataset)}; AUs {plan.get('au_source') or 'prototype'}; "
+        f"model {model.get('name')}, {render.get('steps')} steps, "
         f"{render.get('width')}x{render.get('height')} {manifest.get('image_format')}, seed {manifest.get('base_seed')}",
         highlight=False,
     )

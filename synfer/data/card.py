@@ -78,18 +78,23 @@ def _size_category(n: int) -> str:
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
 
 
+def describe_labels(dataset: SynferDataset) -> str:
+    """How the dataset's labels were chosen, in a few words."""
+    plan = dataset.manifest.get("plan", {})
+    if plan.get("label") is not None:
+        return f"every image labelled {dataset.label_set.names[dataset.label_set.index(plan['label'])]}"
+    if plan.get("aus"):
+        return "the expression whose prototype is nearest the fixed AUs"
+    weights = f" {plan['weights']}" if plan.get("weights") else ""
+    return f"{plan.get('distribution', 'balanced')}{weights}, exact largest-remainder counts"
+
+
 def render_card(dataset: SynferDataset, summary: DatasetSummary) -> str:
     manifest = dataset.manifest
     plan, render, model = manifest.get("plan", {}), manifest.get("render", {}), manifest.get("model", {})
     last = f"{dataset.num_shards - 1:0{len(shard_stem(0))}d}"
     image_format = manifest.get("image_format", "png")
-    if plan.get("label") is not None:
-        labels = f"every image labelled {dataset.label_set.names[dataset.label_set.index(plan['label'])]}"
-    elif plan.get("aus") and plan.get("distribution") == "balanced":
-        labels = "the expression whose prototype is nearest the fixed AUs"
-    else:
-        weights = f" {plan['weights']}" if plan.get("weights") else ""
-        labels = f"{plan.get('distribution', 'balanced')}{weights}, exact largest-remainder counts"
+    labels = describe_labels(dataset)
     au_source = plan.get("au_source") or "prototype"
     if au_source == "fixed":
         au_source = f"fixed: {plan.get('aus')}"
