@@ -162,6 +162,15 @@ def test_verify_finds_damaged_tars(copy, change, fragment):
     assert fragment in " ".join(result.stderr.split())
 
 
+def test_damaged_index_is_reported_not_a_traceback(copy):
+    (copy / "shards" / "00001.parquet").write_bytes(b"PAR1 not really")
+    result = runner.invoke(app, ["inspect", str(copy)])
+    assert result.exit_code == 0 and "unreadable index in shards 1" in " ".join(result.stderr.split())
+    result = runner.invoke(app, ["inspect", str(copy), "--verify"])
+    assert result.exit_code == 1 and "shard 1: index unreadable" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
 def test_inspect_bad_input(tmp_path):
     result = runner.invoke(app, ["inspect", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "does not exist" in result.stderr and "Traceback" not in result.output

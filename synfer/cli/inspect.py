@@ -29,18 +29,24 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(parts)
 
 
-def _made_counts(dataset) -> dict[int, int]:
+def _made_counts(dataset) -> tuple[dict[int, int], list[int]]:
+    """Samples per AffectNet label in the finished shards, and the shards whose index cannot be read."""
     import numpy as np
     import pyarrow.parquet as pq
 
     from ..data.format import index_path
 
     counts: dict[int, int] = {}
+    unreadable = []
     for shard in dataset.shards:
-        labels = pq.read_table(index_path(dataset.root, shard), columns=["label"]).column("label").to_numpy()
+        try:
+            labels = pq.read_table(index_path(dataset.root, shard), columns=["label"]).column("label").to_numpy()
+        except Exception:  # a damaged index; --verify says what is wrong with it
+            unreadable.append(shard)
+            continue
         for label, count in zip(*np.unique(labels, return_counts=True)):
             counts[int(label)] = counts.get(int(label), 0) + int(count)
-    return counts
+    return counts, unreadable
 
 
 @app.command()
@@ -73,7 +79,7 @@ def inspect(
     )
 
     planned = manifest.get("label_counts") or {}
-    counts = _made_counts(dataset)
+    counts, unreadable = _made_counts(dataset)
     table = Table(title="samples per expression")
     for column in ("expression", "made", "planned"):
         table.add_column(column, justify="left" if column == "expression" else "right")
@@ -81,6 +87,8 @@ def inspect(
         target = planned.get(expression.label)
         table.add_row(expression.label, f"{counts.get(int(expression), 0):,}", "-" if target is None else f"{target:,}")
     console.print(table)
+    if unreadable:
+        err_console.print(f"[yellow]warning:[/] unreadable index in shards {_ranges(unreadable)}, not counted; run --verify")
 
     unfinished = [s for s in range(dataset.num_shards) if s not in set(done)]
     folder = dataset.root / SHARDS_DIR

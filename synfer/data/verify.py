@@ -22,11 +22,18 @@ def _expected_keys(dataset: SynferDataset, shard: int) -> list[str]:
     return [sample_key(i) for i in shard_range(shard, dataset.n, int(dataset.manifest["shard_size"]))]
 
 
+REQUIRED_COLUMNS = ("key", "label", "image", "width", "height")
+
+
 def _read_index(dataset: SynferDataset, shard: int, columns: list[str] | None = None):
     try:
-        return pq.read_table(index_path(dataset.root, shard), columns=columns), None
+        table = pq.read_table(index_path(dataset.root, shard), columns=columns)
     except Exception as error:  # a damaged parquet file raises anything from OSError to ArrowInvalid
         return None, f"shard {shard}: index unreadable ({str(error).splitlines()[0]})"
+    missing = [c for c in (columns or REQUIRED_COLUMNS) if c not in table.column_names]
+    if missing:
+        return None, f"shard {shard}: index lacks the columns {', '.join(missing)}"
+    return table, None
 
 
 def _key_problems(shard: int, keys: list[str], expected: list[str]) -> list[str]:
