@@ -114,3 +114,12 @@ def test_other_ranks_wait_for_the_manifest_of_rank_zero(reference, tmp_path):
     writer.start()
     wait_for_manifest(tmp_path, manifest, overwrite=True, timeout=30, poll=0.05)
     writer.join()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 7, 40])
+def test_ranks_split_the_shards_exactly(world_size):
+    from synfer.data.format import num_shards
+    from synfer.synth.runner import rank_shards
+
+    owned = [s for rank in range(world_size) for s in rank_shards(1234, 50, rank, world_size)]
+    assert sorted(owned) == list(range(num_shards(1234, 50)))

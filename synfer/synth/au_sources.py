@@ -26,6 +26,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -128,8 +129,13 @@ class AUTable:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @cached_property
+    def _rows_by_label(self) -> dict[int, np.ndarray]:
+        return {int(label): np.flatnonzero(self.labels == label) for label in np.unique(self.labels)}
+
     def rows(self, label: Expression) -> np.ndarray:
-        return np.flatnonzero(self.labels == int(label))
+        """Row numbers of the table's vectors for ``label``."""
+        return self._rows_by_label.get(int(label), np.zeros(0, np.int64))
 
     def vector(self, row: int) -> AUVector:
         return AUVector(self.values[row], self.known[row])
