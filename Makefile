@@ -26,6 +26,7 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/synfer generate --model tiny --aus "6,12" --n 16 --out runs/demo
+	$(VENV)/bin/synfer inspect runs/demo
 
 test: install
 	$(PY) -m pytest -q

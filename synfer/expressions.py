@@ -162,3 +162,22 @@ def from_fer2013(label: int) -> Expression:
 
 def to_fer2013(expression: Expression | int) -> int:
     return _lookup(AFFECTNET_TO_FER2013, Expression(int(expression)), "FER2013")
+
+
+# Images per expression in AffectNet's manually annotated training set (Mollahosseini et al., 2017):
+# the "affectnet" label distribution and the unit of `synfer generate --scale`.
+AFFECTNET_TRAIN_COUNTS: dict[Expression, int] = {
+    Expression.NEUTRAL: 74_874,
+    Expression.HAPPY: 134_415,
+    Expression.SAD: 25_459,
+    Expression.SURPRISE: 14_090,
+    Expression.FEAR: 6_378,
+    Expression.DISGUST: 3_803,
+    Expression.ANGER: 24_882,
+    Expression.CONTEMPT: 3_750,
+}
+
+
+def affectnet_train_size(label_set: LabelSet) -> int:
+    """AffectNet's training images over ``label_set``: 287,651 for 8 classes, 283,901 for 7."""
+    return sum(AFFECTNET_TRAIN_COUNTS[e] for e in label_set.expressions)

@@ -49,4 +49,4 @@ def main() -> None:
 
 
 # Importing a command module registers its commands on `app`.
-from . import annotator, generate, info, relabel, train  # noqa: E402, F401
+from . import annotator, generate, info, inspect, relabel, train  # noqa: E402, F401

@@ -1,29 +1,111 @@
 """The plan: what sample ``i`` of a dataset is, as a pure function of the config and ``i``.
 
-Label, AUs, subject attributes, prompt and seed of sample ``i`` depend on nothing else: not on
-``n``, the batch size, the number of processes or whether the run was resumed. That is what lets any
-process make any shard without talking to the others.
+Subject attributes, seed and AUs of sample ``i`` depend on nothing else: not on ``n``, the batch
+size, the number of processes or whether the run was resumed. That is what lets any process make any
+shard without talking to the others.
+
+Labels follow a distribution (``balanced``, ``affectnet`` or custom weights) with *exact* counts:
+Hamilton's largest-remainder apportionment of ``n``. Exact counts for every ``n`` and labels that
+ignore ``n`` cannot both hold (see :mod:`synfer.synth.apportion`), so the guarantee is:
+
+* the counts per label are exactly Hamilton's (ties between equal remainders broken by seeded lot);
+* the label of sample ``i`` comes from one sequence fixed by (label set, weights, base seed), except
+  for at most ``floor(K / 2)`` samples (``K`` labels with positive weight), listed in
+  :attr:`Planner.adjusted`, whose labels (and so AUs and caption) also depend on ``n``. There are
+  none for ``balanced`` and none whenever every quota is whole, e.g. ``affectnet`` at any ``--scale``.
+* batch size, world size and resume state never enter.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
 
-import numpy as np
-
-from ..aus import AUVector, nearest_expression, prototype
-from ..errors import ConfigError
-from ..expressions import Expression, LabelSet, get_label_set, parse_expression
-from ..pipelines.prompts import PromptBuilder, SubjectAttributes
+from ..aus import AUVector, nearest_expression
 from ..data.format import sample_key
+from ..errors import ConfigError
+from ..expressions import (
+    AFFECTNET_TRAIN_COUNTS,
+    Expression,
+    LabelSet,
+    affectnet_train_size,
+    get_label_set,
+    parse_expression,
+)
+from ..pipelines.prompts import PromptBuilder, SubjectAttributes
+from .apportion import Apportionment, apportion, integer_weights
+from .au_sources import AU_SOURCES, AUSource
+from .seeds import LABEL_STREAM, derive_seed
 
-_SEED_MASK = (1 << 63) - 1
+__all__ = ["PlanConfig", "Planner", "SamplePlan", "derive_seed", "normalize_label_weights", "read_label_weights", "scaled_size"]
 
 
-def derive_seed(base_seed: int, index: int, stream: int = 0) -> int:
-    """A 63-bit seed for sample ``index`` from the dataset's base seed alone; ``stream`` separates uses."""
-    state = np.random.SeedSequence([base_seed & 0xFFFFFFFFFFFFFFFF, index, stream]).generate_state(2, np.uint32)
-    return ((int(state[0]) << 32) | int(state[1])) & _SEED_MASK
+def _balanced(label_set: LabelSet, config: "PlanConfig") -> tuple[float, ...]:
+    return (1,) * label_set.num_classes
+
+
+def _affectnet(label_set: LabelSet, config: "PlanConfig") -> tuple[float, ...]:
+    return tuple(AFFECTNET_TRAIN_COUNTS[e] for e in label_set.expressions)
+
+
+def _custom(label_set: LabelSet, config: "PlanConfig") -> tuple[float, ...]:
+    weights = dict(config.weights or ())
+    for name in weights:
+        label_set.index(parse_expression(name))  # raises when the label is not in the set
+    return tuple(weights.get(e.label, 0) for e in label_set.expressions)
+
+
+# --distribution NAME -> weights per class of the label set; a JSON file gives "custom" weights.
+LABEL_DISTRIBUTIONS: dict[str, Callable[[LabelSet, "PlanConfig"], tuple[float, ...]]] = {
+    "balanced": _balanced,
+    "affectnet": _affectnet,
+    "custom": _custom,
+}
+
+_SCALE = re.compile(r"^\s*(\d+)\s*x?\s*$", re.IGNORECASE)
+
+
+def scaled_size(scale: str, classes: int | str = 8) -> int:
+    """``"1x"`` .. ``"5x"``: that multiple of AffectNet's training size (287,651 for 8 classes, 283,901 for 7)."""
+    match = _SCALE.match(str(scale))
+    if match is None or int(match[1]) < 1:
+        raise ConfigError(f"unknown scale {scale!r} (accepted: 1x, 2x, 3x, 4x, 5x or any positive multiple)")
+    return int(match[1]) * affectnet_train_size(get_label_set(classes))
+
+
+def normalize_label_weights(items) -> tuple[tuple[str, float], ...]:
+    """(label, weight) pairs with labels as canonical names, in AffectNet id order; each label once."""
+    weights: dict[str, float] = {}
+    for key, value in items:
+        name = parse_expression(key).label
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"the label weight of {key!r} must be a number, got {value!r}")
+        if name in weights:
+            raise ConfigError(f"label {name!r} is given twice in the label weights")
+        weights[name] = value
+    integer_weights(list(weights.values()))  # finite, >= 0, one positive
+    return tuple(sorted(weights.items(), key=lambda item: int(parse_expression(item[0]))))
+
+
+def read_label_weights(path: str | Path) -> tuple[tuple[str, float], ...]:
+    """A JSON file mapping label (name or AffectNet id) to weight, e.g. ``{"happy": 2, "sad": 1}``.
+
+    Labels the file does not name get weight 0.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read label weights {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ConfigError(f"label weights {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f'label weights {path} must be a JSON object mapping label to weight, e.g. {{"happy": 2, "sad": 1}}')
+    return normalize_label_weights(data.items())
 
 
 @dataclass(frozen=True)
@@ -36,6 +118,11 @@ class PlanConfig:
     label: int | None = None  # a fixed AffectNet label for every sample
     aus: str | None = None  # fixed AUs for every sample, canonical AUVector string
     prompt: str | None = None  # coarse text added to every caption
+    distribution: str = "balanced"  # a key of LABEL_DISTRIBUTIONS
+    weights: tuple[tuple[str, float], ...] | None = None  # "custom" only: (expression name, weight)
+    au_source: str | None = None  # a key of AU_SOURCES; None: "fixed" with aus, else "prototype"
+    au_table: str | None = None  # "empirical" only: the AU table file ...
+    au_table_sha256: str | None = None  # ... and its content hash
 
     def __post_init__(self):
         if self.n < 1:
@@ -45,9 +132,46 @@ class PlanConfig:
         label_set = get_label_set(self.classes)
         if self.label is not None:
             label_set.index(self.label)  # raises when the label is not in the set
+        if self.distribution not in LABEL_DISTRIBUTIONS:
+            raise ConfigError(
+                f"unknown label distribution {self.distribution!r} (accepted: balanced, affectnet, or a JSON file of weights)"
+            )
+        if (self.distribution == "custom") != (self.weights is not None):
+            raise ConfigError("label weights go with the 'custom' distribution, and only with it")
+        if self.label is not None and self.distribution != "balanced":
+            raise ConfigError("a fixed label cannot be combined with a label distribution; give one or the other")
+        if self.aus is not None and self.label is None and self.distribution != "balanced":
+            raise ConfigError(
+                "fixed AUs without a label take the label of the nearest prototype; "
+                "they cannot be combined with a label distribution (give a label, or drop the fixed AUs)"
+            )
+        if self.weights is not None:
+            object.__setattr__(self, "weights", normalize_label_weights(self.weights))
+            integer_weights(LABEL_DISTRIBUTIONS["custom"](label_set, self))
+        source = self.au_source or ("fixed" if self.aus is not None else "prototype")
+        object.__setattr__(self, "au_source", source)
+        if source not in AU_SOURCES:
+            raise ConfigError(f"unknown AU source {source!r} (accepted: {', '.join(AU_SOURCES)})")
+        if (source == "fixed") != (self.aus is not None):
+            raise ConfigError("fixed AUs (--aus) go with the 'fixed' AU source, and only with it")
+        if (source == "empirical") != (self.au_table is not None):
+            raise ConfigError("an AU table (--au-table) goes with the 'empirical' AU source, and only with it")
+        if source == "empirical" and not self.au_table_sha256:
+            raise ConfigError("the 'empirical' AU source needs the sha256 of its table")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["weights"] = dict(self.weights) if self.weights is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PlanConfig":
+        """The inverse of :meth:`to_dict` (as read back from a manifest)."""
+        data = dict(data)
+        if data.get("weights") is not None:
+            data["weights"] = tuple(data["weights"].items())
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -68,24 +192,53 @@ class Planner:
         self.config = config
         self.label_set: LabelSet = get_label_set(config.classes)
         self.prompts = prompts or PromptBuilder()
-        self.fixed_aus = AUVector.parse(config.aus) if config.aus else None
+        self.au_source: AUSource = AU_SOURCES[config.au_source](config)
         self.fixed_label = None if config.label is None else parse_expression(config.label)
         self.inferred_label: tuple[Expression, float] | None = None
-        if self.fixed_label is None and self.fixed_aus is not None:
+        if self.fixed_label is None and config.au_source == "fixed":
             # Fixed AUs without a label: the label is the expression whose prototype is nearest.
-            self.inferred_label = nearest_expression(self.fixed_aus, self.label_set.expressions)
+            self.inferred_label = nearest_expression(AUVector.parse(config.aus), self.label_set.expressions)
             self.fixed_label = self.inferred_label[0]
+        missing = [e.label for e in self.possible_labels if not self.au_source.supports(e)]
+        if missing:
+            raise ConfigError(
+                f"the {config.au_source} AU source has no AUs for {', '.join(missing)}; "
+                "add rows with those labels to the AU table or give them weight 0"
+            )
+
+    @cached_property
+    def weights(self) -> tuple[int, ...]:
+        """Integer weight of each class of the label set (the fixed label alone when there is one)."""
+        if self.fixed_label is not None:
+            return tuple(int(e is self.fixed_label) for e in self.label_set.expressions)
+        return integer_weights(LABEL_DISTRIBUTIONS[self.config.distribution](self.label_set, self.config))
+
+    @property
+    def possible_labels(self) -> list[Expression]:
+        return [e for e, w in zip(self.label_set.expressions, self.weights) if w > 0]
+
+    @cached_property
+    def apportionment(self) -> Apportionment:
+        """All n labels at once (about a second per million samples), computed on first use."""
+        return apportion(self.weights, self.config.n, derive_seed(self.config.base_seed, 0, stream=LABEL_STREAM))
+
+    @property
+    def counts(self) -> dict[Expression, int]:
+        """Samples per expression: exactly the largest-remainder apportionment of n."""
+        return {e: int(c) for e, c in zip(self.label_set.expressions, self.apportionment.counts)}
+
+    @property
+    def adjusted(self) -> tuple[int, ...]:
+        """The samples whose label depends on n (at most K // 2; usually none)."""
+        return self.apportionment.adjusted
 
     def label_of(self, index: int) -> Expression:
-        """Fixed, or balanced: each block of K consecutive samples holds each of the K labels once."""
         if self.fixed_label is not None:
             return self.fixed_label
-        k = self.label_set.num_classes
-        rng = np.random.default_rng(derive_seed(self.config.base_seed, index // k, stream=1))
-        return self.label_set.expressions[int(rng.permutation(k)[index % k])]
+        return self.label_set.expressions[int(self.apportionment.labels[index])]
 
     def aus_of(self, index: int, label: Expression) -> AUVector:
-        return self.fixed_aus if self.fixed_aus is not None else prototype(label)
+        return self.au_source(index, label)
 
     def plan(self, index: int) -> SamplePlan:
         if not 0 <= index < self.config.n:

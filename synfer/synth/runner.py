@@ -3,13 +3,17 @@
 A shard is the unit of work and of completion. Its tar and then its index are renamed into place
 when it is complete; a shard with an index is never touched again, so rerunning the same command
 resumes where a crash stopped. Process ``rank`` of ``world_size`` makes the shards ``s`` with
-``s % world_size == rank`` and needs no communication with the others.
+``s % world_size == rank`` and needs no communication with the others: rank 0 writes the manifest,
+the other ranks wait for it to appear on the (shared) filesystem, and whichever process sees every
+shard finished writes the dataset card.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +39,10 @@ from ..data.format import (
 from ..data.writer import ShardWriter, check_image_format
 from ..errors import ConfigError, DatasetError
 from .plan import Planner, SamplePlan
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WAIT_TIMEOUT = 900.0  # seconds a rank > 0 waits for rank 0's manifest (model loading included)
 
 DEFAULT_NEGATIVE_PROMPT = (
     "cartoon, drawing, painting, illustration, 3d render, blurry, deformed face, extra limbs, text, watermark"
@@ -87,15 +95,43 @@ def build_manifest(planner: Planner, render: RenderConfig, model: dict) -> dict:
         "plan": config.to_dict(),
         "render": asdict(render),
         "model": model,
+        "label_counts": {e.label: c for e, c in planner.counts.items()},
+        "label_adjusted": list(planner.adjusted),  # the samples whose label depends on n (see synth.plan)
     }
 
 
 def _sample_defining(manifest: dict) -> dict:
-    """The parts of a manifest that decide sample content: if they differ, a resume would mix datasets."""
+    """The parts of a manifest that decide sample content: if they differ, a resume would mix datasets.
+
+    Compared as JSON reads them back (tuples become lists). The AU table counts by its content hash,
+    not its path, so a resume may find it under another mount point.
+    """
+    manifest = json.loads(json.dumps(manifest))
     keys = ("n", "shard_size", "base_seed", "label_set", "image_format", "plan", "render")
     model = manifest.get("model", {})
     hashes = {name: c.get("sha256") for name, c in model.get("components", {}).items()}
-    return {**{k: manifest.get(k) for k in keys}, "weights": hashes}
+    defining = {**{k: manifest.get(k) for k in keys}, "weights": hashes}
+    if isinstance(defining["plan"], dict):
+        defining["plan"].pop("au_table", None)
+    return defining
+
+
+def _changed_fields(existing: dict, manifest: dict) -> list[str]:
+    old, new = _sample_defining(existing), _sample_defining(manifest)
+    changed = []
+    for key in sorted(new):
+        if isinstance(new[key], dict) and isinstance(old.get(key), dict) and key != "weights":
+            changed += [f"{key}.{k}" for k in sorted(set(new[key]) | set(old[key])) if new[key].get(k) != old[key].get(k)]
+        elif old.get(key) != new[key]:
+            changed.append(key)
+    return changed
+
+
+def _refusal(out: Path, changed: list[str]) -> DatasetError:
+    return DatasetError(
+        f"{out} holds a dataset made with a different config (differs in: {', '.join(changed)}); "
+        "use the same options to resume, another --out, or --overwrite to replace it"
+    )
 
 
 def prepare_output(out: Path, manifest: dict, overwrite: bool = False, write: bool = True) -> None:
@@ -108,11 +144,7 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool = False, write: bo
         existing = read_manifest(out)
         if _sample_defining(existing) != _sample_defining(manifest):
             if not overwrite:
-                changed = sorted(k for k, v in _sample_defining(manifest).items() if _sample_defining(existing).get(k) != v)
-                raise DatasetError(
-                    f"{out} holds a dataset made with a different config (differs in: {', '.join(changed)}); "
-                    "use the same options to resume, another --out, or --overwrite to replace it"
-                )
+                raise _refusal(out, _changed_fields(existing, manifest))
             if write:
                 _remove_dataset(out)
         else:
@@ -129,6 +161,35 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool = False, write: bo
         write_json(out / MANIFEST, manifest)
     except OSError as error:
         raise DatasetError(f"cannot write to --out {out}: {error.strerror or error}") from None
+
+
+def wait_for_manifest(
+    out: Path, manifest: dict, *, overwrite: bool = False, timeout: float = DEFAULT_WAIT_TIMEOUT, poll: float = 1.0
+) -> None:
+    """For ranks > 0: wait until rank 0 has written a manifest that matches ``manifest``.
+
+    A manifest that differs is refused at once without ``overwrite`` (rank 0 refuses it too); with
+    ``overwrite`` it is waited out, since rank 0 is about to replace it.
+    """
+    out = Path(out)
+    deadline = time.monotonic() + timeout
+    while True:
+        if (out / MANIFEST).is_file():
+            try:
+                existing = read_manifest(out)
+            except DatasetError:
+                existing = None  # being replaced right now (or foreign): look again
+            if existing is not None:
+                if _sample_defining(existing) == _sample_defining(manifest):
+                    return
+                if not overwrite:
+                    raise _refusal(out, _changed_fields(existing, manifest))
+        if time.monotonic() >= deadline:
+            raise DatasetError(
+                f"waited {timeout:g} s for rank 0 to write {out / MANIFEST} for this config; rank 0 may have "
+                "failed (see its output), or raise --wait-timeout"
+            )
+        time.sleep(poll)
 
 
 def _remove_dataset(out: Path) -> None:
@@ -219,14 +280,37 @@ def generate_dataset(
         if shard in finished:
             result.skipped_shards.append(shard)
             continue
-        with ShardWriter(out, shard, render.image_format) as writer:
-            for start in range(indices.start, indices.stop, batch_size):
-                plans = [planner.plan(i) for i in range(start, min(start + batch_size, indices.stop))]
-                for plan, image in zip(plans, render_batch(pipe, plans, render)):
-                    row, meta = _row_and_meta(plan, shard, render.height, render.width)
-                    writer.write(row, image, meta)
-                result.made += len(plans)
-                if on_progress is not None:
-                    on_progress(len(plans))
+        try:
+            with ShardWriter(out, shard, render.image_format) as writer:
+                for start in range(indices.start, indices.stop, batch_size):
+                    plans = [planner.plan(i) for i in range(start, min(start + batch_size, indices.stop))]
+                    for plan, image in zip(plans, render_batch(pipe, plans, render)):
+                        row, meta = _row_and_meta(plan, shard, render.height, render.width)
+                        writer.write(row, image, meta)
+                    result.made += len(plans)
+                    if on_progress is not None:
+                        on_progress(len(plans))
+        except OSError as error:  # a full or vanished disk: the shard was rolled back, say why in one line
+            raise DatasetError(f"cannot write shard {shard} of {out}: {error.strerror or error}") from None
         result.made_shards.append(shard)
     return result
+
+
+def finish_dataset(out: Path) -> bool:
+    """Once every shard is finished: check that there are exactly n unique keys and write the card.
+
+    Any process may call it, any number of times: it does nothing while shards are missing, and the
+    card is the same whoever writes it. Returns whether the dataset is complete.
+    """
+    from ..data.card import write_card
+    from ..data.dataset import SynferDataset
+    from ..data.verify import check_keys
+
+    dataset = SynferDataset(out)
+    if not dataset.complete:
+        return False
+    problems = check_keys(dataset)
+    if problems:
+        raise DatasetError(f"{out} is inconsistent: {problems[0]} (run synfer inspect --verify {out})")
+    write_card(dataset)
+    return True
