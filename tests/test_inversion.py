@@ -211,6 +211,16 @@ def test_generate_with_layout_records_it_and_refuses_other_settings_on_resume(tm
     assert changed.exit_code == 2 and "different config" in changed.stderr
 
 
+def test_generate_with_layout_samples_with_ddim_when_the_model_schedules_otherwise(tmp_path, faces, tiny_pipe):
+    tiny_pipe.scheduler = PNDMScheduler.from_config(tiny_pipe.scheduler.config)
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    args = ["generate", "--model", str(tmp_path / "model"), "--steps", "4", "--n", "2", "--layout-dir", str(faces)]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert "sampling with DDIMScheduler instead of PNDMScheduler" in result.stderr
+    assert read_manifest(tmp_path / "d")["model"]["components"]["scheduler"]["class"] == "DDIMScheduler"
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
