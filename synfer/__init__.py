@@ -18,12 +18,16 @@ _LAZY = {
     "AUAdapter": "synfer.models.au_adapter",
     "PromptBuilder": "synfer.pipelines.prompts",
     "load_pipeline": "synfer.models.loading",
+    "SemanticGuidance": "synfer.pipelines.guidance",
+    "LayoutReferences": "synfer.pipelines.inversion",
 }
 
 if TYPE_CHECKING:
     from .models.au_adapter import AUAdapter
     from .models.loading import load_pipeline
     from .pipelines.pipeline_synfer import SynFEROutput, SynFERPipeline
+    from .pipelines.guidance import SemanticGuidance
+    from .pipelines.inversion import LayoutReferences
     from .pipelines.prompts import PromptBuilder
 
 
@@ -41,7 +45,9 @@ __all__ = [
     "AUVector",
     "Expression",
     "LabelSet",
+    "LayoutReferences",
     "PromptBuilder",
+    "SemanticGuidance",
     "SynFEROutput",
     "SynFERPipeline",
     "SynferError",

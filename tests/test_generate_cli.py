@@ -1,19 +1,15 @@
-import io
-import json
 import subprocess
 import sys
 import tarfile
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from PIL import Image
 from typer.testing import CliRunner
 
 from synfer.aus import AUVector
 from synfer.cli import app
-from synfer.data.format import INDEX_SCHEMA, MANIFEST, read_manifest
+from synfer.data.format import INDEX_SCHEMA, read_manifest
 
 runner = CliRunner()
 FAST = ["--model", "tiny", "--steps", "2", "--batch-size", "3"]

@@ -32,7 +32,9 @@ def test_call_keeps_stable_diffusion_argument_order():
         "output_type", "return_dict", "cross_attention_kwargs", "callback_on_step_end",
         "callback_on_step_end_tensor_inputs",
     ]
-    assert ours[len(shared):] == ["aus", "au_scale"]
+    assert ours[len(shared):] == [
+        "aus", "au_scale", "semantic_guidance", "layout_image", "layout_strength", "layout_prompt", "layout_iterations",
+    ]
 
 
 def test_output_dataclass_and_tuple(tiny_pipe):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ConfigError, DatasetError, ModelLoadError
+from ..errors import ConfigError, DatasetError, LabelError, ModelLoadError
 from . import app
 from ._common import console, err_console, progress_bar, quiet_libraries
 
@@ -62,6 +62,20 @@ def generate(
     wait_timeout: float = typer.Option(
         900.0, "--wait-timeout", min=0, help="Seconds ranks > 0 wait for rank 0's manifest (multi-process runs)."
     ),
+    guidance_model: Path = typer.Option(
+        None, "--guidance-model", help="FER classifier folder: steer each sample toward its label (semantic guidance)."
+    ),
+    sg_step_size: float = typer.Option(0.1, "--sg-step-size", help="Guidance step size (lambda)."),
+    sg_window: str = typer.Option("0.6:1.0", "--sg-window", help="Guided part of the schedule, START:END fractions."),
+    sg_every: int = typer.Option(1, "--sg-every", help="Guide every k-th step of the window."),
+    sg_normalize: str = typer.Option("global", "--sg-normalize", help="Gradient normalisation: global or per_token."),
+    sg_decoder: str = typer.Option("vae", "--sg-decoder", help="Decoder for guidance: vae, or an AutoencoderTiny folder."),
+    sg_reuse_prediction: bool = typer.Option(
+        False, "--sg-reuse-prediction", help="Cheaper guided steps: updates act one step later (see README)."
+    ),
+    layout_dir: Path = typer.Option(None, "--layout-dir", help="Reference faces: each sample starts from one's DDIM inversion."),
+    layout_strength: float = typer.Option(1.0, "--layout-strength", help="Fraction of the schedule inverted, in (0, 1]."),
+    layout_iterations: int = typer.Option(0, "--layout-iterations", help="Fixed-point refinements per inversion step."),
 ) -> None:
     """Generate a synthetic facial-expression dataset (sharded, resumable, one process per GPU under accelerate)."""
     from ..models.loading import load_pipeline, resolve_model_name
@@ -82,6 +96,26 @@ def generate(
     # Cheap checks first: a typo should not cost a model load.
     plan_config = _plan_config(n, scale, seed, classes, label, aus, prompt, distribution, au_source, au_table)
     n = plan_config.n
+    layout = None
+    if layout_dir is not None:
+        from ..pipelines.inversion import LayoutReferences
+
+        layout = LayoutReferences(layout_dir, strength=layout_strength, iterations=layout_iterations)
+        layout.check_steps(steps)
+    guidance = None
+    if guidance_model is not None:
+        from ..labelers.classifier import load_classifier
+        from ..pipelines.guidance import SemanticGuidance, parse_window
+
+        guidance = SemanticGuidance(
+            load_classifier(guidance_model),
+            step_size=sg_step_size,
+            window=parse_window(sg_window),
+            every=sg_every,
+            normalize=sg_normalize,
+            decoder=sg_decoder,
+            reuse_prediction=sg_reuse_prediction,
+        )
     model_name = resolve_model_name(model)
     process = _process(device)
     rank, world_size = process.process_index, process.num_processes
@@ -93,6 +127,16 @@ def generate(
     if pipe.au_adapter is None:
         raise ModelLoadError(f"model {model_name!r} has no AU adapter; give one with --adapter DIR")
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if guidance is not None:
+        guidance.classifier.to(pipe.device)
+        if not isinstance(guidance.decoder, str):
+            guidance.decoder.to(device=pipe.device, dtype=pipe.vae.dtype)
+    if layout is not None:
+        from ..pipelines.inversion import use_layout_scheduler
+
+        replaced = use_layout_scheduler(pipe, steps)
+        if replaced:
+            err_console.print(f"--layout-dir: sampling with DDIMScheduler instead of {replaced} (inversion is DDIM)")
     render = RenderConfig(
         steps=steps,
         guidance_scale=guidance_scale,
@@ -102,10 +146,18 @@ def generate(
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
         image_format=image_format,
         shard_size=shard_size,
+        guidance=guidance,
+        layout=layout,
     )
     if render.height % pipe.vae_scale_factor or render.width % pipe.vae_scale_factor:
         raise ConfigError(f"--height and --width must be multiples of {pipe.vae_scale_factor}")
     planner = Planner(plan_config, PromptBuilder(pipe.tokenizer))
+    if guidance is not None:
+        # Every label the plan can give must be a class of the classifier: fail now, not at shard 37.
+        try:
+            guidance.classifier.target_indices(planner.possible_labels)
+        except LabelError as error:
+            raise LabelError(f"--guidance-model cannot judge every planned label: {error}") from None
     if planner.inferred_label is not None and process.is_main_process:
         expression, similarity = planner.inferred_label
         err_console.print(
@@ -116,6 +168,11 @@ def generate(
     from ..models.fingerprint import pipeline_fingerprint
 
     model_info = {"name": model_name, "adapter": str(adapter) if adapter else None, "components": pipeline_fingerprint(pipe)}
+    if guidance is not None:
+        model_info["guidance_model"] = str(guidance_model)
+        model_info["guidance_decoder"] = sg_decoder
+    if layout is not None:
+        model_info["layout_dir"] = str(layout_dir)
     manifest = build_manifest(planner, render, model_info)
     if rank == 0:  # the only writer of the manifest; the other ranks wait for it on the shared filesystem
         prepare_output(out, manifest, overwrite=overwrite)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -22,6 +23,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ..aus import MAX_INTENSITY, NUM_AUS, AUVector, stack
 from ..errors import AUError, ConfigError
 from ..models.au_adapter import AUAdapter
+from .guidance import SemanticGuidance
+from .inversion import layout_latents
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +285,11 @@ class SynFERPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         aus: AUInput | None = None,
         au_scale: float = 1.0,
+        semantic_guidance: SemanticGuidance | None = None,
+        layout_image: Any | None = None,
+        layout_strength: float = 1.0,
+        layout_prompt: str = "",
+        layout_iterations: int = 0,
     ) -> SynFEROutput | tuple:
         """Generate images.
 
@@ -292,6 +300,14 @@ class SynFERPipeline(DiffusionPipeline):
             aus: the target action units — an :class:`AUVector` (or string such as ``"6,12"``) for every
                 image, a list with one per prompt or one per image, or a [N, 41] tensor of intensities.
             au_scale: weight of the AU attention in every cross-attention layer; 0 ignores the AUs exactly.
+            semantic_guidance: a :class:`~synfer.pipelines.guidance.SemanticGuidance` (classifier, one target
+                label per image, step size, window, ...): steers each image's text embedding toward its target.
+            layout_image: reference face(s) — one image, or a list with one per prompt or per image — whose DDIM
+                inversion replaces the random starting noise (see :mod:`synfer.pipelines.inversion`).
+            layout_strength: fraction of the schedule inverted; 1.0 starts from x_T, less keeps more of the reference.
+            layout_prompt: the prompt the inversion is conditioned on.
+            layout_iterations: fixed-point refinements per inversion step (0: plain DDIM inversion); each costs
+                one more UNet pass per step and brings the sampler's path closer to the inverted one.
 
         Returns:
             :class:`SynFEROutput` (images, aus, prompts), or ``(images, aus, prompts)`` when ``return_dict`` is False.
@@ -320,18 +336,44 @@ class SynFERPipeline(DiffusionPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        if layout_image is not None and latents is not None:
+            raise ConfigError("give at most one of `latents` and `layout_image`")
+        # Drawn even when a layout image replaces them, so the generators are checked and advance alike.
         latents = self.prepare_latents(
             total, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        guider = None
+        if semantic_guidance is not None:
+            guider = semantic_guidance.start(self, batch_size, num_images_per_prompt, num_inference_steps)
 
         previous_scale = self.au_adapter.au_scale if self.au_adapter is not None else None
         if self.au_adapter is not None:
             self.au_adapter.set_scale(au_scale)
         try:
-            with self.progress_bar(total=len(timesteps)) as progress_bar:
+            first_step = 0
+            if layout_image is not None:
+                # Inverted under the same AU scale the sampler uses, so that the two paths match.
+                latents, first_step = layout_latents(
+                    self,
+                    layout_image,
+                    strength=layout_strength,
+                    prompt=layout_prompt,
+                    iterations=layout_iterations,
+                    num_steps=num_inference_steps,
+                    batch_size=batch_size,
+                    num_images_per_prompt=num_images_per_prompt,
+                    height=height,
+                    width=width,
+                    null_au_embeds=null_au_embeds,
+                    device=device,
+                    dtype=prompt_embeds.dtype,
+                    cross_attention_kwargs=cross_attention_kwargs,
+                )
+                timesteps = timesteps[first_step:]
+            with self.progress_bar(total=len(timesteps)) as progress_bar, guider or contextlib.nullcontext():
                 for i, t in enumerate(timesteps):
-                    noise_pred = self.predict_noise(
+                    noise_inputs = (
                         latents,
                         t,
                         prompt_embeds,
@@ -341,6 +383,10 @@ class SynFERPipeline(DiffusionPipeline):
                         guidance_scale,
                         cross_attention_kwargs,
                     )
+                    if guider is not None and guider.guides(first_step + i):
+                        noise_pred, prompt_embeds = guider.step(*noise_inputs)
+                    else:
+                        noise_pred = self.predict_noise(*noise_inputs)
                     latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                     if callback_on_step_end is not None:
                         state = {

@@ -15,9 +15,10 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -40,6 +41,10 @@ from ..data.writer import ShardWriter, check_image_format
 from ..errors import ConfigError, DatasetError
 from .plan import Planner, SamplePlan
 
+if TYPE_CHECKING:
+    from ..pipelines.guidance import SemanticGuidance
+    from ..pipelines.inversion import LayoutReferences
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_WAIT_TIMEOUT = 900.0  # seconds a rank > 0 waits for rank 0's manifest (model loading included)
@@ -61,6 +66,9 @@ class RenderConfig:
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     image_format: str = "png"
     shard_size: int = 1000
+    # Optional steering; each serialises itself into the manifest (settings and weight hashes).
+    guidance: SemanticGuidance | None = None  # target labels are filled in per batch from the plans
+    layout: LayoutReferences | None = None
 
     def __post_init__(self):
         if self.steps < 1:
@@ -70,6 +78,14 @@ class RenderConfig:
         if self.height < 8 or self.width < 8:
             raise ConfigError(f"height and width must be >= 8, got {self.height}x{self.width}")
         check_image_format(self.image_format)
+
+    def to_dict(self) -> dict:
+        """The manifest's ``render`` entry; guidance and layout appear only when used (older manifests match)."""
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("guidance", "layout")}
+        for name in ("guidance", "layout"):
+            if getattr(self, name) is not None:
+                plain[name] = getattr(self, name).to_dict()
+        return plain
 
 
 @dataclass
@@ -93,7 +109,7 @@ def build_manifest(planner: Planner, render: RenderConfig, model: dict) -> dict:
         "label_set": planner.label_set.name,
         "image_format": render.image_format,
         "plan": config.to_dict(),
-        "render": asdict(render),
+        "render": render.to_dict(),
         "model": model,
         "label_counts": {e.label: c for e, c in planner.counts.items()},
         "label_adjusted": list(planner.adjusted),  # the samples whose label depends on n (see synth.plan)
@@ -238,6 +254,21 @@ def rank_shards(n: int, shard_size: int, rank: int = 0, world_size: int = 1) -> 
     return range(rank, num_shards(n, shard_size), world_size)
 
 
+def steering_kwargs(plans: list[SamplePlan], render: RenderConfig) -> dict:
+    """Pipeline arguments for semantic guidance and layout initialisation, each from the sample's own plan."""
+    kwargs = {}
+    if render.guidance is not None:
+        kwargs["semantic_guidance"] = render.guidance.with_targets([p.label for p in plans])
+    if render.layout is not None:
+        kwargs.update(
+            layout_image=[render.layout.image_for(p.seed) for p in plans],
+            layout_strength=render.layout.strength,
+            layout_prompt=render.layout.prompt,
+            layout_iterations=render.layout.iterations,
+        )
+    return kwargs
+
+
 def render_batch(pipe, plans: list[SamplePlan], render: RenderConfig):
     """Images for ``plans``; each image depends only on its own plan (one generator per image)."""
     return pipe(
@@ -251,6 +282,7 @@ def render_batch(pipe, plans: list[SamplePlan], render: RenderConfig):
         height=render.height,
         width=render.width,
         output_type="pil",
+        **steering_kwargs(plans, render),
     ).images
 
 

@@ -1,0 +1,271 @@
+"""Layout initialisation: start sampling from a real face's DDIM inversion instead of random noise.
+
+SynFER inverts a randomly chosen real face to the starting noise so that each generated face keeps a
+natural layout (pose, framing, proportions) while the prompt and AUs decide the rest. The reference
+is encoded with the pipeline's VAE and run *up* the same DDIM schedule the sampler will run down,
+with diffusers' ``DDIMInverseScheduler``, conditioned on an inversion prompt (empty by default) and
+the adapter's null AU, without classifier-free guidance (guidance makes the inversion diverge).
+
+``strength`` is the fraction of the schedule that is inverted: 1.0 inverts all the way to x_T;
+lower values stop part-way and sampling continues from there (SDEdit-like), keeping more of the
+reference. The sampler must use the same noise levels as the inversion, so layout initialisation
+needs a DDIM-compatible sampling schedule (see :func:`layout_compatible`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DDIMInverseScheduler
+
+from ..errors import ConfigError, DatasetError
+
+REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# Separates the reference choice from every other use of a sample's seed.
+_REFERENCE_STREAM = 0x1A7
+
+
+def inverse_scheduler(scheduler, num_steps: int, device: torch.device | str | None = None) -> DDIMInverseScheduler:
+    """A ``DDIMInverseScheduler`` with the sampling scheduler's noise schedule, set to ``num_steps``."""
+    try:
+        inverse = DDIMInverseScheduler.from_config(scheduler.config)
+        inverse.set_timesteps(num_steps, device=device)
+    except ValueError as error:
+        raise ConfigError(f"cannot invert with this scheduler's config: {error}") from None
+    return inverse
+
+
+def layout_compatible(scheduler, num_steps: int) -> bool:
+    """Whether sampling with ``scheduler`` visits exactly the noise levels a DDIM inversion reaches.
+
+    True for ``DDIMScheduler`` (and DPM-Solver with the same timestep spacing); False for e.g. PNDM,
+    whose schedule repeats a timestep, or Euler, whose latents are not in the variance-preserving form.
+    """
+    if not hasattr(scheduler, "alphas_cumprod") or float(scheduler.init_noise_sigma) != 1.0:
+        return False
+    try:
+        inverse = inverse_scheduler(scheduler, num_steps)
+    except ConfigError:
+        return False
+    sampling = type(scheduler).from_config(scheduler.config)  # a copy: the caller's scheduler keeps its state
+    sampling.set_timesteps(num_steps)
+    return torch.equal(inverse.timesteps.flip(0).cpu(), sampling.timesteps.cpu())
+
+
+def use_layout_scheduler(pipe, num_steps: int) -> str | None:
+    """Make ``pipe`` sample with a DDIM scheduler (same config) unless its own one already matches the inversion.
+
+    Returns the name of the scheduler it replaced, or None when nothing changed.
+    """
+    if layout_compatible(pipe.scheduler, num_steps):
+        return None
+    from diffusers import DDIMScheduler
+
+    replaced = type(pipe.scheduler).__name__
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if not layout_compatible(scheduler, num_steps):
+        raise ConfigError(f"cannot build a DDIM schedule matching its inversion from the {replaced} config")
+    pipe.scheduler = scheduler
+    return replaced
+
+
+def check_strength(strength: float) -> float:
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f"layout strength must be in (0, 1], got {strength}")
+    return float(strength)
+
+
+def inverted_steps(num_steps: int, strength: float) -> int:
+    """How many steps of an ``num_steps`` schedule a layout ``strength`` inverts (as diffusers' img2img)."""
+    steps = min(int(num_steps * check_strength(strength)), num_steps)
+    if steps < 1:
+        raise ConfigError(f"layout strength {strength} inverts none of {num_steps} steps; raise the strength or the steps")
+    return steps
+
+
+def _per_image(items: list, batch_size: int, num_images_per_prompt: int, what: str) -> list:
+    total = batch_size * num_images_per_prompt
+    if len(items) == 1:
+        return items * total
+    if len(items) == batch_size:
+        return [item for item in items for _ in range(num_images_per_prompt)]
+    if len(items) == total:
+        return items
+    raise ConfigError(f"got {len(items)} {what} for {batch_size} prompts x {num_images_per_prompt} images; give 1, {batch_size} or {total}")
+
+
+def encode_images(pipe, images, batch_size: int, num_images_per_prompt: int, height: int, width: int, device, dtype) -> torch.Tensor:
+    """Scaled VAE latents (the distribution's mode, no sampling) of one reference per image.
+
+    ``images``: a PIL image, a list of them (1, one per prompt, or one per image), or what diffusers'
+    ``VaeImageProcessor`` accepts (numpy arrays, tensors [B, 3, H, W] in [0, 1]).
+    """
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        images = list(images.unbind(0))
+    elif isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    items = [item.convert("RGB") if isinstance(item, PIL.Image.Image) else item for item in items]
+    items = _per_image(items, batch_size, num_images_per_prompt, "layout images")
+    if all(isinstance(item, torch.Tensor) for item in items):
+        pixels = pipe.image_processor.preprocess(torch.stack(items), height=height, width=width)
+    else:
+        pixels = pipe.image_processor.preprocess(items, height=height, width=width)
+    pixels = pixels.to(device=device, dtype=pipe.vae.dtype)
+    encoded = pipe.vae.encode(pixels)
+    # AutoencoderKL gives a distribution (take its mode: no sampling noise); AutoencoderTiny gives latents.
+    latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
+    return (latents * pipe.vae.config.scaling_factor).to(dtype)
+
+
+def invert(
+    pipe,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    au_embeds: torch.Tensor | None,
+    num_steps: int,
+    steps: int,
+    cross_attention_kwargs: dict[str, Any] | None = None,
+    iterations: int = 0,
+) -> torch.Tensor:
+    """Run clean ``latents`` up the first ``steps`` of a DDIM schedule of ``num_steps`` (no CFG).
+
+    The result sits at the noise level of the sampler's step ``num_steps - steps``. DDIM inversion
+    predicts the noise of step k -> k+1 at x_k, where sampling will predict it at x_{k+1}; the
+    mismatch compounds over the schedule. ``iterations`` > 0 refines each step as a fixed point
+    (x_{k+1} = inverse_step(eps(x_{k+1}), x_k), as in Pan et al. 2023, "Effective real image editing
+    with accelerated iterative diffusion inversion"), one extra UNet pass per iteration, which makes
+    sampling retrace the inversion much more closely.
+    """
+    if iterations < 0:
+        raise ConfigError(f"layout iterations must be >= 0, got {iterations}")
+    inverse = inverse_scheduler(pipe.scheduler, num_steps, device=latents.device)
+    for t in inverse.timesteps[:steps]:
+        noise = pipe.predict_noise(latents, t, prompt_embeds, None, au_embeds, au_embeds, 1.0, cross_attention_kwargs)
+        following = inverse.step(noise, t, latents, return_dict=False)[0]
+        for _ in range(iterations):
+            noise = pipe.predict_noise(following, t, prompt_embeds, None, au_embeds, au_embeds, 1.0, cross_attention_kwargs)
+            following = inverse.step(noise, t, latents, return_dict=False)[0]
+        latents = following
+    return latents
+
+
+def layout_latents(
+    pipe,
+    images,
+    *,
+    strength: float,
+    prompt: str,
+    iterations: int = 0,
+    num_steps: int,
+    batch_size: int,
+    num_images_per_prompt: int,
+    height: int,
+    width: int,
+    null_au_embeds: torch.Tensor | None,
+    device,
+    dtype,
+    cross_attention_kwargs: dict[str, Any] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Starting latents inverted from ``images``, and the index of the first sampling step to run.
+
+    Call after ``pipe.scheduler.set_timesteps(num_steps)``; sampling continues with
+    ``pipe.scheduler.timesteps[first_step:]``.
+    """
+    steps = inverted_steps(num_steps, strength)
+    if not layout_compatible(pipe.scheduler, num_steps):
+        raise ConfigError(
+            f"layout initialisation inverts with DDIM, and {type(pipe.scheduler).__name__} samples other noise "
+            "levels; use pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)"
+        )
+    clean = encode_images(pipe, images, batch_size, num_images_per_prompt, height, width, device, dtype)
+    embeds = pipe.encode_prompt(prompt, device, clean.shape[0], False)[0].to(dtype)
+    inverted = invert(pipe, clean, embeds, null_au_embeds, num_steps, steps, cross_attention_kwargs, iterations)
+    return inverted, num_steps - steps
+
+
+def pick_reference(references: Sequence[Path], seed: int) -> Path:
+    """The reference face of the sample with this seed: a pure function of the seed and the sorted list."""
+    if not references:
+        raise ConfigError("there are no reference faces to choose from")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, _REFERENCE_STREAM])
+    return references[int(rng.integers(len(references)))]
+
+
+def list_references(folder: str | os.PathLike) -> list[Path]:
+    """The images (png, jpg, webp) under ``folder``, recursively, in a fixed order."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"layout folder {str(folder)!r} does not exist or is not a folder")
+    found = sorted(
+        (p for p in root.rglob("*") if p.suffix.lower() in REFERENCE_SUFFIXES and p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    if not found:
+        raise ConfigError(f"layout folder {str(folder)!r} holds no images (accepted: {', '.join(REFERENCE_SUFFIXES)})")
+    return found
+
+
+@dataclass(frozen=True)
+class LayoutReferences:
+    """A folder of reference faces; sample ``i`` is laid out like the face its seed picks.
+
+    Args:
+        folder: the images (searched recursively; png, jpg, jpeg, webp).
+        strength: the fraction of the schedule inverted (1.0: from x_T).
+        prompt: the inversion prompt.
+        iterations: fixed-point refinements per inversion step (0: plain DDIM inversion).
+    """
+
+    folder: Path
+    strength: float = 1.0
+    prompt: str = ""
+    iterations: int = 0
+    references: tuple[Path, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "strength", check_strength(self.strength))
+        if self.iterations < 0:
+            raise ConfigError(f"layout iterations must be >= 0, got {self.iterations}")
+        object.__setattr__(self, "folder", Path(self.folder))
+        object.__setattr__(self, "references", tuple(list_references(self.folder)))
+
+    def check_steps(self, num_steps: int) -> None:
+        """Refuse a strength that inverts no step of a ``num_steps`` schedule."""
+        inverted_steps(num_steps, self.strength)
+
+    def reference_for(self, seed: int) -> Path:
+        return pick_reference(self.references, seed)
+
+    def image_for(self, seed: int) -> PIL.Image.Image:
+        path = self.reference_for(seed)
+        try:
+            with PIL.Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"cannot read layout reference {path}: {error}") from None
+
+    def to_dict(self) -> dict:
+        """What decides the samples: settings and a fingerprint of the listing (relative names and sizes).
+
+        The folder's own path is left out: the same faces moved elsewhere make the same samples.
+        Hashing every reference's pixels would cost a read of the whole folder, hence names and sizes.
+        """
+        digest = hashlib.sha256()
+        for path in self.references:
+            digest.update(f"{path.relative_to(self.folder).as_posix()}\0{path.stat().st_size}\n".encode())
+        return {
+            "strength": self.strength,
+            "prompt": self.prompt,
+            "iterations": self.iterations,
+            "references": len(self.references),
+            "listing_sha256": digest.hexdigest(),
+        }
