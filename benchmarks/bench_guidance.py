@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from _memory import peak_memory_mb
 
 TARGET_CHEAP_RATIO = 1.3
 MODES = {
@@ -102,36 +102,7 @@ def run_once(pipe, classifier, tiny, mode: str, args) -> None:
 def memory_probe(mode: str, args) -> float:
     """Peak memory of one generation in MB (run in a child process)."""
     pipe, classifier, tiny = build(args)
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        run_once(pipe, classifier, tiny, mode, args)
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with open("/proc/self/statm") as statm:
-        base_kb = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
-    if _reset_peak_rss():
-        run_once(pipe, classifier, tiny, mode, args)
-        return (_status_kb("VmHWM") - base_kb) / 1024
-    run_once(pipe, classifier, tiny, mode, args)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (Linux), so that the peak of building the models does not count."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    return peak_memory_mb(lambda: run_once(pipe, classifier, tiny, mode, args), args.device)
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from _memory import peak_memory_mb
 
 TARGET_RATIO = 1.15
 
@@ -64,15 +64,7 @@ def run_once(pipe, variant: str, args) -> None:
 def memory_probe(variant: str, args) -> float:
     """Peak memory of one generation in MB (run in a child process)."""
     pipe = build(variant, args.device)
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        run_once(pipe, variant, args)
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with open("/proc/self/statm") as statm:
-        base_kb = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
-    run_once(pipe, variant, args)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024
+    return peak_memory_mb(lambda: run_once(pipe, variant, args), args.device)
 
 
 def main() -> None:
