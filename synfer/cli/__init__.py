@@ -48,5 +48,6 @@ def main() -> None:
     app(prog_name="synfer")
 
 
-# Importing a command module registers its commands on `app`.
-from . import annotator, generate, info, inspect, relabel, train  # noqa: E402, F401
+# Importing a command module registers its commands on `app`, in this order in --help:
+# the dataset's life cycle first, then the helpers.
+from . import generate, inspect, relabel, train, annotator, info  # noqa: E402, F401, I001
