@@ -7,6 +7,12 @@ that line and exits with status 2. Anything else that escapes is a bug and keeps
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class SynferError(Exception):
     """Base class: a problem with what the user asked for, explained in one line."""
 

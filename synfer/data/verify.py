@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pyarrow.parquet as pq
 from PIL import Image
 
+from ..errors import first_line
 from .dataset import SynferDataset
 from .format import index_path, sample_key, shard_range
 
@@ -29,7 +30,7 @@ def _read_index(dataset: SynferDataset, shard: int, columns: list[str] | None = 
     try:
         table = pq.read_table(index_path(dataset.root, shard), columns=columns)
     except Exception as error:  # a damaged parquet file raises anything from OSError to ArrowInvalid
-        return None, f"shard {shard}: index unreadable ({str(error).splitlines()[0]})"
+        return None, f"shard {shard}: index unreadable ({first_line(error)})"
     missing = [c for c in (columns or REQUIRED_COLUMNS) if c not in table.column_names]
     if missing:
         return None, f"shard {shard}: index lacks the columns {', '.join(missing)}"
@@ -112,7 +113,7 @@ def verify_shard(dataset: SynferDataset, shard: int) -> tuple[int, list[str]]:
                 if meta.get("key") != key or meta.get("label") != rows[key]["label"]:
                     problems.append(f"shard {shard}: {key}.json does not match the index (key or label)")
     except (OSError, tarfile.TarError) as error:
-        return checked, problems + [f"shard {shard}: tar unreadable ({str(error).splitlines()[0] or type(error).__name__})"]
+        return checked, problems + [f"shard {shard}: tar unreadable ({first_line(error)})"]
     missing = sorted(wanted - seen)
     if missing:
         problems.append(f"shard {shard}: {len(missing)} indexed files missing from the tar (first: {missing[0]})")

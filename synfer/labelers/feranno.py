@@ -33,7 +33,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError, first_line
 from ..expressions import LabelSet, get_label_set
 from ..models.fingerprint import json_sha256, module_sha256
 from .registry import LabelBatch
@@ -651,8 +651,7 @@ def load_head(path: str | Path) -> FERAnnoHead:
     try:
         head = FERAnnoHead.from_pretrained(folder, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError, TypeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"could not load the FERAnno head from {str(path)!r}: {first}") from None
+        raise ModelLoadError(f"could not load the FERAnno head from {str(path)!r}: {first_line(error)}") from None
     if not head.config.extractor or "config" not in head.config.extractor:
         raise ModelLoadError(f"{str(path)!r} is not a FERAnno head (its config has no feature-extractor settings)")
     return head.eval()

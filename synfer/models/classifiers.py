@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,6 +123,5 @@ def create_backbone(name: str, weights: str | None = None, config: dict | None =
     try:
         model = family.model_class.from_pretrained(source, use_safetensors=True, **family.model_kwargs)
     except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"could not load {name} weights from {source!r}: {first}") from error
+        raise ModelLoadError(f"could not load {name} weights from {source!r}: {first_line(error)}") from error
     return PooledBackbone(spec.family, model)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError, first_line
 from .tiny import TINY_NAME
 
 MODEL_ENV = "SYNFER_MODEL"
@@ -72,7 +72,7 @@ def load_au_adapter(path: str | os.PathLike):
     try:
         return AUAdapter.from_pretrained(folder, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"could not load the AU adapter from {str(path)!r}: {_first_line(error)}") from error
+        raise ModelLoadError(f"could not load the AU adapter from {str(path)!r}: {first_line(error)}") from error
 
 
 def load_pipeline(
@@ -120,11 +120,6 @@ def load_pipeline(
                 source, dtype=torch_dtype, use_safetensors=True, local_files_only=local_only, **extra
             )
         except (OSError, ValueError, RuntimeError) as error:
-            raise ModelLoadError(f"could not load model {name!r}: {_first_line(error)}") from error
+            raise ModelLoadError(f"could not load model {name!r}: {first_line(error)}") from error
         pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

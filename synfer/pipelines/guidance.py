@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError, first_line
 from ..expressions import Expression
 
 logger = logging.getLogger(__name__)
@@ -123,8 +123,7 @@ def load_decoder(path: str | os.PathLike) -> nn.Module:
             local_files_only=local.is_dir() or bool(os.environ.get("HF_HUB_OFFLINE")),
         ).eval()
     except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"could not load the guidance decoder from {os.fspath(path)!r}: {first}") from None
+        raise ModelLoadError(f"could not load the guidance decoder from {os.fspath(path)!r}: {first_line(error)}") from None
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from ..aus import AU_INDEX, DEFAULT_PRESENT_INTENSITY, MAX_INTENSITY, NUM_AUS, PROTOTYPE_AUS, AUVector, from_openface
-from ..errors import AUError, ConfigError, LabelError
+from ..errors import AUError, ConfigError, LabelError, first_line
 from ..expressions import Expression, parse_expression
 
 from .seeds import AU_STREAM, derive_seed
@@ -189,7 +189,7 @@ def _read_table(path: Path):
         else:
             raise ConfigError(f"AU table {path}: unknown file type {suffix!r} (accepted: .parquet, .csv, .tsv)")
     except (OSError, ValueError) as error:  # pyarrow's parse errors are ArrowInvalid, a ValueError
-        raise ConfigError(f"cannot read AU table {path}: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"cannot read AU table {path}: {first_line(error)}") from None
     return table.rename_columns([c.strip() for c in table.column_names])
 
 

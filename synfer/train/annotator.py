@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 
 from ..data.format import atomic_path, temporary_path
 from ..errors import ConfigError, DatasetError
+from . import MIXED_PRECISIONS
 from ..eval.plots import plot_curves
 from ..expressions import LabelSet
 from ..labelers.feranno import FEATURES_FORMAT, FERAnnoFeatureExtractor, FERAnnoFeatures, FERAnnoHead
@@ -63,8 +64,8 @@ class AnnotatorTrainConfig:
             raise ConfigError(f"learning rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.warmup_fraction < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
             raise ConfigError("warmup fraction, label smoothing and dropout must lie in [0, 1)")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ConfigError(f"unknown mixed precision {self.mixed_precision!r} (accepted: no, fp16, bf16)")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ConfigError(f"unknown mixed precision {self.mixed_precision!r} (accepted: {', '.join(MIXED_PRECISIONS)})")
 
 
 @dataclass

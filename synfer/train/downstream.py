@@ -34,12 +34,12 @@ from ..data.readers import LAYOUTS, LabelledDataset, detect_layout, open_labelle
 from ..errors import ConfigError, DatasetError
 from ..eval.metrics import ClassificationMetrics
 from ..expressions import LabelSet, get_label_set
+from . import MIXED_PRECISIONS
 from .checkpoints import CHECKPOINTS_DIR, STATE_NAME, latest_checkpoint, load_ema, replace_dir, restore_swapped, save_ema
 from .data import IGNORE_INDEX, EvalStream, Source, StreamShape, TrainStream, make_loader
 
 MODES = ("synthetic-only", "real-only", "mixed")
 BEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-MIXED_PRECISIONS = ("no", "fp16", "bf16")
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.json"
 # Options that may change when a run resumes: they decide nothing about the weights.
