@@ -138,7 +138,7 @@ def eye_lids(identity: Identity, au: Intensities, s: int, brow_bottom: float) ->
     cx, cy = s * LAYOUT.eye_x, LAYOUT.eye_y
     half_width = 0.14 * size
     round_eye = identity.eye_shape == "round"
-    upper_height = (0.085 if round_eye else 0.07) * size + 0.030 * i5 - 0.007 * i7 - 0.005 * i6 - 0.004 * i9
+    upper_height = (0.085 if round_eye else 0.07) * size + 0.030 * i5 - 0.009 * i7 - 0.005 * i6 - 0.004 * i9
     upper_height = min(upper_height, cy - brow_bottom - 0.025)  # the lid stops under the brow
     lower_height = 0.05 * size - 0.0095 * i7 - 0.004 * i9
     crescent = 0.017 * i6  # the cheek pushes the lower lid up into a crescent
@@ -169,7 +169,8 @@ def draw_eyes(canvas: Canvas, identity: Identity, au: Intensities, skin: RGB, br
             circle[:, 1] = np.clip(circle[:, 1], top, np.maximum(low, top))
             canvas.fill(circle, colour)
         canvas.stroke(np.stack([x, upper], 1), LASH, 0.036)
-        canvas.stroke(np.stack([x, lower], 1)[2:-2], shade(skin, 0.72), 0.02)
+        i7 = au("AU7")  # a tightened lower lid is a straight, raised, heavier line
+        canvas.stroke(np.stack([x, lower], 1)[2:-2], mix(shade(skin, 0.72), LASH, 0.1 * i7), 0.02 + 0.005 * i7)
         i6 = au.side(6, s)
         if i6 > 0:  # the crease under the raised lower lid
             crease = np.stack([x, lower + 0.045], 1)[3:-3]
@@ -181,7 +182,7 @@ def draw_cheeks(canvas: Canvas, au: Intensities, skin: RGB) -> None:
     for s in SIDES:
         i6 = au.side(6, s)
         if i6 > 0:
-            canvas.fill(ellipse(s * 0.37, 0.17 - 0.014 * i6, 0.125, 0.08, 20), mix(skin, BLUSH, 0.085 * i6))
+            canvas.fill(ellipse(s * 0.37, 0.17 - 0.014 * i6, 0.125, 0.08, 20), mix(skin, BLUSH, min(0.1 * i6, 0.6)))
 
 
 # -- nose -----------------------------------------------------------------------------------------------------
@@ -235,8 +236,8 @@ def mouth_shape(identity: Identity, au: Intensities) -> Mouth:
     corners = {}
     for s in SIDES:
         i10, i12, i14 = au.side(10, s), au.side(12, s), au.side(14, s)
-        dx = 0.014 * i12 + 0.034 * i20 - 0.016 * i14 - 0.004 * i15 - 0.013 * i23 - 0.3 * jaw - 0.012 * i27
-        dy = -0.05 * i12 + 0.034 * i15 + 0.008 * i20 - 0.012 * i14 + 0.010 * i17 - 0.006 * i10 + 0.45 * jaw
+        dx = 0.014 * i12 + 0.034 * i20 - 0.02 * i14 - 0.004 * i15 - 0.02 * i23 - 0.3 * jaw - 0.012 * i27
+        dy = -0.05 * i12 + 0.034 * i15 + 0.008 * i20 - 0.014 * i14 + 0.010 * i17 - 0.006 * i10 + 0.45 * jaw
         corners[s] = (s * max(half_width + dx, 0.09), LAYOUT.mouth_y + dy)
     t = _MOUTH_T
     w = (t + 1) / 2  # 0 at the image-left corner (subject's right), 1 at the image-right one
@@ -256,10 +257,10 @@ def mouth_shape(identity: Identity, au: Intensities) -> Mouth:
     opening = _profile(t, max(0.55 - 0.07 * i20 - 0.03 * i16, 0.15))
     upper_inner = lip_line - up_open * opening
     lower_inner = lip_line + low_open * opening
-    thin = max(0.14, 1.0 - 0.15 * i23 - 0.12 * i24 - 0.05 * i20)
+    thin = max(0.12, 1.0 - 0.19 * i23 - 0.13 * i24 - 0.05 * i20)
     lip_profile = _profile(t, 0.6)
-    upper_outer = upper_inner - (0.042 * thin + per_side(lambda s: 0.012 * au.side(10, s))) * lip_profile
-    lower_outer = lower_inner + (0.058 * thin + 0.012 * i16) * lip_profile
+    upper_outer = upper_inner - (0.048 * thin + per_side(lambda s: 0.012 * au.side(10, s))) * lip_profile
+    lower_outer = lower_inner + (0.064 * thin + 0.012 * i16) * lip_profile
     upper_teeth = min(0.022 + 0.006 * (per_side(lambda s: au.side(10, s) + au.side(12, s)) + i20).max(), 0.06)
     teeth_upper = np.minimum(upper_inner + upper_teeth * _profile(t * 1.1, 0.3), lower_inner)
     lower_teeth = min(0.008 * (i16 + i20), 0.05)
@@ -272,7 +273,9 @@ def draw_mouth(canvas: Canvas, identity: Identity, au: Intensities, skin: RGB, m
     def path(ys: np.ndarray) -> np.ndarray:
         return np.stack([mouth.x, ys], 1)
 
-    canvas.fill(np.concatenate([path(mouth.upper_outer), path(mouth.lower_outer)[::-1]]), identity.lip_rgb)
+    # tightened and pressed lips lose their colour as well as their fullness
+    lips = mix(identity.lip_rgb, skin, min(0.08 * (au("AU23") + au("AU24")), 0.6))
+    canvas.fill(np.concatenate([path(mouth.upper_outer), path(mouth.lower_outer)[::-1]]), lips)
     if np.any(mouth.lower_inner - mouth.upper_inner > 0.004):
         canvas.fill(np.concatenate([path(mouth.upper_inner), path(mouth.lower_inner)[::-1]]), MOUTH_INSIDE)
         if np.any(mouth.teeth_upper - mouth.upper_inner > 0.004):
@@ -296,8 +299,8 @@ def draw_mouth_surroundings(canvas: Canvas, identity: Identity, au: Intensities,
         if i14 > 0:
             centre_x = corner_x + s * 0.012
             start, stop = (-1.2, 1.2) if s > 0 else (np.pi - 1.2, np.pi + 1.2)
-            dimple = mix(skin, shade(skin, 0.42), 0.19 * i14)
-            canvas.stroke(arc(centre_x, corner_y, 0.045 + 0.004 * i14, 0.05 + 0.004 * i14, start, stop, 9), dimple, 0.03)
+            dimple = mix(skin, shade(skin, 0.4), 0.26 * i14)
+            canvas.stroke(arc(centre_x, corner_y, 0.045 + 0.005 * i14, 0.05 + 0.005 * i14, start, stop, 9), dimple, 0.034)
     i17 = au("AU17")
     if i17 > 0:
         y = float(mouth.lower_outer[len(mouth.t) // 2]) + 0.075
