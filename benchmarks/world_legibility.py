@@ -9,6 +9,11 @@ logistic regression on the true AU intensities gives the ceiling that the AUs th
 world's AU source sometimes drops a prototype AU, which can make two classes' AUs coincide).
 Target: held-out accuracy >= 0.95 for the CNN.
 
+Measured (4,000 train / 1,000 test at 32 px, 15 epochs, one thread of a shared 2-core x86 CPU, about
+80 s of training): seed 0 0.983, seed 1 0.993 (ridge baseline 0.90, AU oracle 1.00 and 0.998); at
+64 px, seed 0: 0.997. The errors left are faces whose AU source dropped a defining AU (anger without
+AU4, contempt with only a weak dimple, happy with only a weak AU6).
+
     python benchmarks/world_legibility.py [--train 4000] [--test 1000] [--size 32] [--seed 0] [--epochs 15] [--threads 1]
                                           [--show-errors] [--out DIR]
 """
@@ -135,7 +140,10 @@ def au_oracle_predict(train_au: np.ndarray, train_y: np.ndarray, test_au: np.nda
     """
     torch.manual_seed(seed)
     x, y = torch.from_numpy(train_au).float(), torch.from_numpy(train_y)
-    features = lambda a: torch.cat([a, (a > 0).float()], 1)  # noqa: E731  (intensity and presence)
+
+    def features(a: torch.Tensor) -> torch.Tensor:  # intensity and presence
+        return torch.cat([a, (a > 0).float()], 1)
+
     model = nn.Linear(2 * x.shape[1], classes)
     optimizer = torch.optim.LBFGS(model.parameters(), max_iter=300, line_search_fn="strong_wolfe")
 

@@ -210,7 +210,7 @@ def test_world_layout_and_readers(world):
 
 
 def test_true_labels_are_balanced_in_every_split(world):
-    out, config = world
+    out, _ = world
     for split in ("train", "val", "test"):
         table = read_au_table(out / split / "aus.parquet")
         counts = np.bincount(table.extra["true_label"], minlength=8)
@@ -303,8 +303,8 @@ def test_seven_classes_and_captions_without_expression():
 
 @pytest.mark.parametrize(
     "options",
-    [dict(n=0), dict(n=10, splits=(0.5, 0.6, 0.1)), dict(n=10, splits=(0.0, 0.5, 0.5)), dict(n=10, label_noise=1.0),
-     dict(n=10, classes=6), dict(n=10, size=8), dict(n=10, seed=-1)],
+    [{"n": 0}, {"n": 10, "splits": (0.5, 0.6, 0.1)}, {"n": 10, "splits": (0.0, 0.5, 0.5)}, {"n": 10, "label_noise": 1.0},
+     {"n": 10, "classes": 6}, {"n": 10, "size": 8}, {"n": 10, "seed": -1}],
 )  # fmt: skip
 def test_config_validation(options):
     with pytest.raises(ConfigError) as error:

@@ -25,8 +25,9 @@ def make(
     label_noise: float = typer.Option(0.0, "--label-noise", help="Fraction of train labels swapped to another class (val and test stay clean)."),
     splits: str = typer.Option("0.8,0.1,0.1", "--splits", help="Fractions of train,val,test; they sum to 1."),
     classes: int = typer.Option(8, "--classes", help="8 (AffectNet-8) or 7 (no contempt)."),
-    caption_expression: bool = typer.Option(True, "--caption-expression/--no-caption-expression",
-                                            help="End each caption with the expression's phrase (the label given)."),  # fmt: skip
+    caption_expression: bool = typer.Option(
+        True, "--caption-expression/--no-caption-expression", help="End each caption with the expression's phrase (the label given)."
+    ),
 ) -> None:
     """Render a labelled world with ground-truth AU tables; rerunning the same command resumes or does nothing."""
     from ..world.make import WorldConfig, make_world, parse_splits, world_state

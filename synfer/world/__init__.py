@@ -18,7 +18,15 @@ from __future__ import annotations
 from .caption import caption, caption_vocabulary
 from .face import DRAWN_AUS, REGIONS
 from .identity import Identity
-from .make import WorldConfig, WorldResult, WorldSample, make_world, plan_world, read_world, world_state
+from .make import (
+    WorldConfig,
+    WorldResult,
+    WorldSample,
+    make_world,
+    plan_world,
+    read_world,
+    world_state,
+)
 from .render import face_coordinates, region_masks, render, render_array
 
 __all__ = [

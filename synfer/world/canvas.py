@@ -26,7 +26,7 @@ _ONE = 1 << SHIFT
 def mix(a: RGB, b: RGB, t: float) -> RGB:
     """``a`` blended toward ``b`` by ``t`` in [0, 1]."""
     t = min(max(float(t), 0.0), 1.0)
-    return tuple(int(round(x + (y - x) * t)) for x, y in zip(a, b))  # type: ignore[return-value]
+    return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
 
 
 def shade(colour: RGB, factor: float) -> RGB:

@@ -136,7 +136,7 @@ class Identity:
     light_strength: float
 
     @classmethod
-    def draw(cls, seed: int) -> "Identity":
+    def draw(cls, seed: int) -> Identity:
         """The identity of ``seed``: the same seed always gives the same identity."""
         rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, 0x1D]))
         face_width = float(rng.uniform(0.9, 1.08))
@@ -205,7 +205,7 @@ class Identity:
             light_strength=float(rng.uniform(0, MAX_GRADIENT)),
         )
 
-    def mirrored(self) -> "Identity":
+    def mirrored(self) -> Identity:
         """The same face seen in a mirror: pose, parting, pattern and light swap left and right."""
         phase_x, phase_y = self.pattern_phase
         return replace(

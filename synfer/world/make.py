@@ -184,7 +184,7 @@ def plan_world(config: WorldConfig) -> list[WorldSample]:
         given = list(true_labels)
         if split == "train" and config.label_noise > 0:
             noise_rng = np.random.default_rng(derive_seed(config.seed, 0, stream=NOISE_STREAM))
-            swaps = int(round(config.label_noise * count))
+            swaps = round(config.label_noise * count)
             for position in sorted(noise_rng.choice(count, size=swaps, replace=False).tolist()):
                 others = [e for e in label_set.expressions if e != true_labels[position]]
                 given[position] = others[int(noise_rng.integers(len(others)))]

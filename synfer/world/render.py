@@ -34,7 +34,13 @@ from .face import (
     face_outline,
     mouth_shape,
 )
-from .identity import CLOTHES_COLOURS, EARRING_RGB, GLASSES_COLOURS, HAT_COLOURS, Identity
+from .identity import (
+    CLOTHES_COLOURS,
+    EARRING_RGB,
+    GLASSES_COLOURS,
+    HAT_COLOURS,
+    Identity,
+)
 
 __all__ = ["DRAWN_AUS", "REGIONS", "face_coordinates", "region_masks", "render", "render_array"]
 
