@@ -21,11 +21,12 @@ means the metric costs less than linear in n), and the peak RSS the call needed 
 (``_memory.peak_memory_mb``). The ``summary`` line: total time, process peak RSS, and what dominates
 at the largest n.
 
-What dominates at 50k (one thread, a shared 2-core Xeon): the FD bootstrap, ~2.7 s per replicate (two
-weighted Gram passes over the ~63% distinct rows of each side, N x D^2, plus a D x D Cholesky and
-eigenvalue problem), so ~4.5 min at the library's 100 replicates, three quarters of the whole; then
-per-class KID (~55 s: kernel rows within 8 classes of 6,250 per side), PRDC (~15 s, capped at 10k per
-side), KID (~11 s), FD-infinity (~8 s), FD (~6 s) and diversity (~4 s). This run itself takes ~3 min.
+What dominates at 50k (one BLAS thread, 2-core Xeon, AVX-512): the FD bootstrap, ~1.6 s per replicate
+(two weighted Gram passes over the ~63% distinct rows of each side, N x D^2, plus a D x D Cholesky and
+eigenvalue problem), so ~2.8 min at the library's 100 replicates, three quarters of the whole; then
+per-class KID (~35 s: kernel rows within 8 classes of 6,250 per side), PRDC (~9 s, capped at 10k per
+side), KID (~7 s), FD-infinity (~4 s), FD (~4 s) and diversity (~2 s). This run itself takes ~2 min;
+peak RSS ~750 MB, of which 400 MB are the float32 features.
 
 A ``features`` section (backbone forward passes) can be added to ``SECTIONS``.
 
