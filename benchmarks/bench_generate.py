@@ -47,8 +47,8 @@ def child(n: int, steps: int, batch: int, threads: int) -> dict:
     from diffusers.utils import logging as diffusers_logging
 
     from synfer.data import writer as writer_module
-    from synfer.models.tiny import tiny_pipeline
-    from synfer.pipelines.prompts import PromptBuilder
+    from synfer.pipelines.loading import tiny_pipeline
+    from synfer.prompts import PromptBuilder
     from synfer.synth.plan import PlanConfig, Planner
     from synfer.synth.runner import RenderConfig, build_manifest, generate_dataset, prepare_output
 

@@ -54,8 +54,8 @@ def build(args):
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from synfer.labelers.classifier import create_classifier
-    from synfer.models.loading import load_pipeline
+    from synfer.models.classifier import create_classifier
+    from synfer.pipelines.loading import load_pipeline
 
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()

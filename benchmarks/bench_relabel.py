@@ -43,8 +43,8 @@ def quiet() -> None:
 
 
 def make_dataset(root: Path, n: int, shard_size: int) -> Path:
-    from synfer.models.tiny import tiny_pipeline
-    from synfer.pipelines.prompts import PromptBuilder
+    from synfer.pipelines.loading import tiny_pipeline
+    from synfer.prompts import PromptBuilder
     from synfer.synth.plan import PlanConfig, Planner
     from synfer.synth.runner import RenderConfig, build_manifest, generate_dataset, prepare_output
 
@@ -58,10 +58,10 @@ def make_dataset(root: Path, n: int, shard_size: int) -> Path:
 
 
 def build_labelers(root: Path):
-    from synfer.labelers.classifier import create_classifier
+    from synfer.models.classifier import create_classifier
     from synfer.labelers.feranno import FERAnno, FERAnnoFeatureExtractor, FERAnnoHead
-    from synfer.labelers.registry import load_labeler
-    from synfer.models.tiny import tiny_pipeline
+    from synfer.labelers.base import load_labeler
+    from synfer.pipelines.loading import tiny_pipeline
 
     torch.manual_seed(0)
     extractor = FERAnnoFeatureExtractor(tiny_pipeline(0), model={"name": "tiny", "adapter": None, "seed": 0})
@@ -89,7 +89,7 @@ def interleaved(functions: dict, repeats: int) -> dict[str, float]:
 
 
 def bench_labelers(labelers: dict, batch: int, repeats: int) -> dict[str, float]:
-    from synfer.labelers.registry import LabelBatch
+    from synfer.labelers.base import LabelBatch
 
     torch.manual_seed(0)
     images = LabelBatch(torch.rand(batch, 3, 32, 32))

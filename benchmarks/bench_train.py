@@ -80,7 +80,7 @@ class Step:
     """One optimizer step of the downstream trainer (without accelerate's bookkeeping)."""
 
     def __init__(self, args, device):
-        from synfer.labelers.classifier import create_classifier
+        from synfer.models.classifier import create_classifier
         from synfer.train.augment import face_augmentation
 
         torch.manual_seed(0)

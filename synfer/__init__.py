@@ -1,4 +1,14 @@
-"""synfer: synthetic facial-expression-recognition data from AU- and text-conditioned diffusion models."""
+"""synfer: synthetic facial-expression-recognition data from AU- and text-conditioned diffusion models.
+
+One library function per stage, each taking one frozen config and returning a result::
+
+    generate(GenerateConfig(...))              -> GenerateResult       (synfer generate)
+    relabel(RelabelConfig(...))                -> RelabelOutput        (synfer relabel)
+    train_downstream(DownstreamConfig(...))    -> DownstreamOutput     (synfer train-downstream)
+    train_annotator(AnnotatorConfig(...))      -> AnnotatorOutput      (synfer train-annotator)
+
+The command line is a thin shell over these; the models and pipelines they use are importable too.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +26,36 @@ _LAZY = {
     "SynFERPipeline": "synfer.pipelines.pipeline_synfer",
     "SynFEROutput": "synfer.pipelines.pipeline_synfer",
     "AUAdapter": "synfer.models.au_adapter",
-    "PromptBuilder": "synfer.pipelines.prompts",
-    "load_pipeline": "synfer.models.loading",
+    "PromptBuilder": "synfer.prompts",
+    "load_pipeline": "synfer.pipelines.loading",
     "SemanticGuidance": "synfer.pipelines.guidance",
+    "LayoutInit": "synfer.pipelines.inversion",
     "LayoutReferences": "synfer.pipelines.inversion",
+    "GenerateConfig": "synfer.synth.generate",
+    "GenerateResult": "synfer.synth.generate",
+    "generate": "synfer.synth.generate",
+    "RelabelConfig": "synfer.labelers.relabel",
+    "RelabelOutput": "synfer.labelers.relabel",
+    "relabel": "synfer.labelers.relabel",
+    "DownstreamConfig": "synfer.train.downstream",
+    "DownstreamOutput": "synfer.train.downstream",
+    "train_downstream": "synfer.train.downstream",
+    "AnnotatorConfig": "synfer.train.annotator",
+    "AnnotatorOutput": "synfer.train.annotator",
+    "train_annotator": "synfer.train.annotator",
 }
 
 if TYPE_CHECKING:
+    from .labelers.relabel import RelabelConfig, RelabelOutput, relabel
     from .models.au_adapter import AUAdapter
-    from .models.loading import load_pipeline
-    from .pipelines.pipeline_synfer import SynFEROutput, SynFERPipeline
     from .pipelines.guidance import SemanticGuidance
-    from .pipelines.inversion import LayoutReferences
-    from .pipelines.prompts import PromptBuilder
+    from .pipelines.inversion import LayoutInit, LayoutReferences
+    from .pipelines.loading import load_pipeline
+    from .pipelines.pipeline_synfer import SynFEROutput, SynFERPipeline
+    from .prompts import PromptBuilder
+    from .synth.generate import GenerateConfig, GenerateResult, generate
+    from .train.annotator import AnnotatorConfig, AnnotatorOutput, train_annotator
+    from .train.downstream import DownstreamConfig, DownstreamOutput, train_downstream
 
 
 def __getattr__(name: str):
@@ -37,22 +64,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'synfer' has no attribute {name!r}")
 
 
-__all__ = [
-    "AFFECTNET7",
-    "AFFECTNET8",
-    "AU_NAMES",
-    "AUAdapter",
-    "AUVector",
-    "Expression",
-    "LabelSet",
-    "LayoutReferences",
-    "PromptBuilder",
-    "SemanticGuidance",
-    "SynFEROutput",
-    "SynFERPipeline",
-    "SynferError",
-    "load_pipeline",
-    "nearest_expression",
-    "prototype",
-    "__version__",
-]
+__all__ = sorted([*_LAZY, "AFFECTNET7", "AFFECTNET8", "AU_NAMES", "AUVector", "Expression", "LabelSet", "SynferError",
+                  "nearest_expression", "prototype", "__version__"])

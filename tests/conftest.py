@@ -25,6 +25,3 @@ def tiny_pipe(tiny_components):
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
-
-def generators(*seeds):
-    return [torch.Generator("cpu").manual_seed(s) for s in seeds]

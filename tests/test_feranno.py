@@ -14,11 +14,11 @@ from synfer.labelers.feranno import (
     FERAnno,
     FERAnnoFeatureExtractor,
     FERAnnoHead,
-    _Recorder,
+    AttentionRecorder,
     cross_attention_blocks,
     parse_blocks,
 )
-from synfer.models.tiny import tiny_pipeline
+from synfer.pipelines.loading import tiny_pipeline
 
 TINY = {"name": "tiny", "adapter": None, "seed": 0}
 
@@ -60,11 +60,44 @@ def test_recording_leaves_the_unet_output_unchanged(tiny_pipe):
     context = (text, tiny_pipe.au_adapter.null(2))
     with torch.no_grad():
         plain = unet(latents, 1, encoder_hidden_states=context).sample
-        with _Recorder(unet, [0, 1], 2, 4).installed() as recorder:
+        with AttentionRecorder(unet, [0, 1], 2, 4).installed() as recorder:
             recorded = unet(latents, 1, encoder_hidden_states=context).sample
     assert torch.equal(plain, recorded)
     # Every cross-attention layer of a block adds a map (the tiny decoder blocks have two each).
     assert set(recorder.features) == {0, 1} and len(recorder.maps[0]) == len(recorder.maps[1]) == 2
+
+
+def test_recorded_maps_equal_diffusers_own_attention_scores(tiny_pipe):
+    """The recorder re-derives attention probabilities from diffusers' internals; this fails loudly if they change."""
+    from diffusers.models.attention_processor import Attention
+
+    from synfer.labelers.feranno.recorder import RecordingProcessor
+
+    unet = tiny_pipe.unet
+    torch.manual_seed(0)
+    latents, text = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 32)
+    au_tokens = tiny_pipe.au_adapter(torch.rand(2, 41) * 5)
+    calls = []
+    layers = [m for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+    handles = [m.register_forward_pre_hook(lambda m, a, k: calls.append((m, a[0], k["encoder_hidden_states"])), with_kwargs=True)
+               for m in layers]
+    try:
+        with torch.no_grad():
+            unet(latents, 1, encoder_hidden_states=(text, au_tokens))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(calls) == len(layers) > 0
+    with torch.no_grad():
+        for attn, hidden, (context, aus) in calls:
+            processor = attn.processor
+            recorded = RecordingProcessor(processor, recorder=None, block=0)._probabilities(attn, hidden, (context, aus), None)
+            query = attn.head_to_batch_dim(attn.to_q(hidden))
+            expected = [attn.get_attention_scores(query, attn.head_to_batch_dim(attn.to_k(context)))]
+            expected.append(attn.get_attention_scores(query, attn.head_to_batch_dim(processor.to_k_au(aus))))
+            heads = attn.heads
+            expected = torch.cat([p.view(2, heads, *p.shape[1:]).mean(1) for p in expected], dim=-1)
+            torch.testing.assert_close(recorded, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_aus_condition_known_samples_only(tiny_pipe):
@@ -140,14 +173,15 @@ def toy_items(per_class: int, seed: int) -> list[Item]:
 
 
 def test_head_trains_on_a_toy_set_above_chance_and_round_trips(tmp_path):
-    from synfer.train.annotator import AnnotatorTrainConfig, evaluate_head, labelled_features, save_annotator, train_annotator
+    from synfer.train.annotator import HeadTrainingConfig, save_annotator
+    from synfer.train.annotator_fit import evaluate_head, fit_head, labelled_features
 
     pipe = tiny_pipeline(0)
     extractor = FERAnnoFeatureExtractor(pipe, model=TINY)
     train, val = toy_items(8, seed=0), toy_items(4, seed=1)
-    config = AnnotatorTrainConfig(epochs=10, batch_size=16, learning_rate=5e-3, hidden_dim=32, dropout=0.0, cache_shard_size=16)
+    config = HeadTrainingConfig(epochs=10, batch_size=16, learning_rate=5e-3, hidden_dim=32, dropout=0.0, cache_shard_size=16)
     epochs = []
-    output = train_annotator(extractor, train, AFFECTNET8, config, val_items=val, cache_dir=tmp_path / "cache", on_epoch=epochs.append)
+    output = fit_head(extractor, train, AFFECTNET8, config, val_items=val, cache_dir=tmp_path / "cache", on_epoch=epochs.append)
     assert output.train_size == 32 and output.val_size == 16 and output.extracted == 48
     assert output.class_counts["happy"] == 8 and output.class_counts["contempt"] == 0
     assert len(epochs) == 10 and epochs[-1]["loss"] < epochs[0]["loss"]

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from synfer.aus import AUVector
 from synfer.cli import app
-from synfer.cli.generate import _plan_config
+from synfer.synth.generate import GenerateConfig
 from synfer.data.format import read_manifest
 from synfer.synth.au_sources import load_au_table
 
@@ -14,16 +14,11 @@ runner = CliRunner()
 FAST = ["generate", "--model", "tiny", "--steps", "1", "--batch-size", "4"]
 
 
-def options(**overrides):
-    values = dict(n=None, scale=None, seed=0, classes=8, label=None, aus=None, prompt=None, distribution=None, au_source=None, au_table=None)
-    values.update(overrides)
-    return values
-
-
 def test_scale_and_n():
-    assert _plan_config(**options(scale="1x")).n == 287_651
-    assert _plan_config(**options(scale="5x", classes=7)).n == 5 * 283_901
-    assert _plan_config(**options(scale="2x", n=100)).n == 100  # --n overrides
+    assert GenerateConfig(out="x", scale="1x").plan.n == 287_651
+    assert GenerateConfig(out="x", scale="5x", classes=7).plan.n == 5 * 283_901
+    assert GenerateConfig(out="x", scale="7x").plan.n == 7 * 287_651  # any multiple, said before it starts
+    assert GenerateConfig(out="x", scale="2x", n=100).plan.n == 100  # --n overrides
 
 
 @pytest.mark.parametrize(

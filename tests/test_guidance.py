@@ -14,10 +14,11 @@ from synfer.cli import app
 from synfer.data.format import read_manifest
 from synfer.errors import ConfigError, LabelError, ModelLoadError
 from synfer.expressions import AFFECTNET8
-from synfer.labelers.classifier import create_classifier
-from synfer.pipelines.guidance import NORMALIZATIONS, SemanticGuidance, parse_window
+from synfer.models.classifier import create_classifier
+from synfer.pipelines.guidance import SemanticGuidance
+from synfer.pipelines.steering import NORMALIZATIONS, parse_window
 
-from conftest import generators
+from helpers import generators
 
 TARGETS = [int(e) for e in AFFECTNET8.expressions]  # one image per AffectNet-8 class
 AUS = [prototype(e) for e in AFFECTNET8.expressions]

@@ -11,6 +11,7 @@ from synfer.cli import app
 from synfer.data.format import read_manifest
 from synfer.errors import ConfigError, DatasetError
 from synfer.pipelines.inversion import (
+    LayoutInit,
     LayoutReferences,
     encode_images,
     layout_compatible,
@@ -19,7 +20,7 @@ from synfer.pipelines.inversion import (
     use_layout_scheduler,
 )
 
-from conftest import generators
+from helpers import generators
 
 
 def face(seed=0, size=32):
@@ -35,8 +36,11 @@ def latent_of(pipe, image):
         return encode_images(pipe, image, 1, 1, 32, 32, "cpu", torch.float32)
 
 
-def run(pipe, prompt="a photo of a face", seeds=(0,), steps=10, **kwargs):
+def run(pipe, prompt="a photo of a face", seeds=(0,), steps=10, layout_image=None, layout_strength=1.0, layout_prompt="",
+        layout_iterations=0, **kwargs):
     kwargs.setdefault("output_type", "latent")
+    if layout_image is not None:
+        kwargs["layout"] = LayoutInit(layout_image, layout_strength, layout_prompt, layout_iterations)
     return pipe(prompt, generator=generators(*seeds), num_inference_steps=steps, **kwargs).images
 
 
@@ -102,7 +106,7 @@ def test_layout_errors(tiny_pipe):
             run(tiny_pipe, layout_image=face(), layout_strength=strength)
     with pytest.raises(ConfigError, match="inverts none of 4 steps"):
         run(tiny_pipe, layout_image=face(), layout_strength=0.2, steps=4)
-    with pytest.raises(ConfigError, match="at most one of `latents` and `layout_image`"):
+    with pytest.raises(ConfigError, match="at most one of `latents` and `layout`"):
         run(tiny_pipe, layout_image=face(), latents=torch.zeros(1, 4, 16, 16))
     with pytest.raises(ConfigError, match="iterations must be >= 0"):
         run(tiny_pipe, layout_image=face(), layout_iterations=-1)
@@ -188,8 +192,9 @@ def test_runner_gives_each_sample_the_reference_its_seed_picks(faces):
     plans = [planner.plan(i) for i in range(6)]
     kwargs = steering_kwargs(plans, RenderConfig(layout=layout))
     expected = [np.asarray(PIL.Image.open(layout.reference_for(p.seed)).convert("RGB")) for p in plans]
-    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(kwargs["layout_image"], expected))
-    assert (kwargs["layout_strength"], kwargs["layout_prompt"], kwargs["layout_iterations"]) == (0.5, "a face", 1)
+    batch_layout = kwargs["layout"]
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(batch_layout.images, expected))
+    assert (batch_layout.strength, batch_layout.prompt, batch_layout.iterations) == (0.5, "a face", 1)
     assert steering_kwargs(plans, RenderConfig()) == {}
 
 

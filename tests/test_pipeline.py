@@ -7,10 +7,10 @@ from diffusers import StableDiffusionPipeline
 
 from synfer.aus import AUVector
 from synfer.errors import AUError, ConfigError
-from synfer.models.loading import load_pipeline
+from synfer.pipelines.loading import load_pipeline
 from synfer.pipelines.pipeline_synfer import SynFEROutput, SynFERPipeline
 
-from conftest import generators
+from helpers import generators
 
 STEPS = 4
 
@@ -33,7 +33,7 @@ def test_call_keeps_stable_diffusion_argument_order():
         "callback_on_step_end_tensor_inputs",
     ]
     assert ours[len(shared):] == [
-        "aus", "au_scale", "semantic_guidance", "layout_image", "layout_strength", "layout_prompt", "layout_iterations",
+        "aus", "au_scale", "semantic_guidance", "layout",
     ]
 
 

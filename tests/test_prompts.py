@@ -6,7 +6,7 @@ from synfer.aus import AUVector, prototype
 from synfer.errors import ConfigError
 from synfer.expressions import Expression
 from synfer.models.tiny import tiny_tokenizer
-from synfer.pipelines.prompts import (
+from synfer.prompts import (
     ATTRIBUTE_OPTIONS,
     EXPRESSION_PHRASES,
     LLMEnricher,

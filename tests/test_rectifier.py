@@ -5,7 +5,7 @@ import torch
 from synfer.errors import ConfigError, LabelError
 from synfer.expressions import AFFECTNET7, AFFECTNET8, Expression
 from synfer.labelers.rectifier import POLICIES, Rectifier
-from synfer.labelers.registry import LABELER_KINDS, LabelBatch, load_labeler, parse_labeler_spec
+from synfer.labelers.base import LABELERS, LabelBatch, load_labeler
 
 
 class FixedLabeler:
@@ -107,12 +107,12 @@ def test_settings_are_checked():
 
 
 def test_labeler_specs_go_through_the_registry(tmp_path):
-    assert {"classifier", "feranno"} <= set(LABELER_KINDS)
-    assert parse_labeler_spec("classifier:runs/a:b") == ("classifier", "runs/a:b")
+    assert {"classifier", "feranno"} <= set(LABELERS)
+    assert LABELERS.parse("classifier:runs/a:b") == ("classifier", "runs/a:b")
     with pytest.raises(ConfigError, match="accepted: classifier, feranno"):
-        parse_labeler_spec("clip:/x")
+        LABELERS.parse("clip:/x")
     with pytest.raises(ConfigError, match="KIND:PATH"):
-        parse_labeler_spec("runs/model")
+        LABELERS.parse("runs/model")
     with pytest.raises(Exception, match="not a synfer classifier"):
         load_labeler(f"classifier:{tmp_path}")
     with pytest.raises(Exception, match="not a FERAnno head"):
@@ -120,8 +120,8 @@ def test_labeler_specs_go_through_the_registry(tmp_path):
 
 
 def test_classifier_labeler_probabilities_and_fingerprint():
-    from synfer.labelers.classifier import create_classifier
-    from synfer.labelers.registry import ClassifierLabeler
+    from synfer.models.classifier import create_classifier
+    from synfer.labelers.base import ClassifierLabeler
 
     torch.manual_seed(0)
     model = create_classifier("tiny-resnet", "affectnet7")  # has BatchNorm step counters (0-dim tensors)

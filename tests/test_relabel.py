@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from synfer.cli import app
 from synfer.data.dataset import SynferDataset
 from synfer.expressions import AFFECTNET8, Expression
-from synfer.labelers.classifier import create_classifier
+from synfer.models.classifier import create_classifier
 from synfer.labelers.rectifier import Rectifier
-from synfer.labelers.registry import load_labeler
+from synfer.labelers.base import load_labeler
 from synfer.labelers.relabel import relabel_dataset, work_dir
 
 runner = CliRunner()
@@ -150,7 +150,7 @@ def test_a_killed_run_resumes_to_the_same_result(made, dataset):
 
 def test_feranno_head_is_an_ensemble_member(made, dataset, tmp_path):
     from synfer.labelers.feranno import FERAnnoFeatureExtractor, FERAnnoHead
-    from synfer.models.tiny import tiny_pipeline
+    from synfer.pipelines.loading import tiny_pipeline
 
     extractor = FERAnnoFeatureExtractor(tiny_pipeline(0), model={"name": "tiny", "adapter": None, "seed": 0})
     torch.manual_seed(0)

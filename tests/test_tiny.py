@@ -1,7 +1,7 @@
 import torch
 
 from synfer.models.tiny import TINY_RESOLUTION, tiny_components, tiny_tokenizer
-from synfer.pipelines.prompts import prompt_vocabulary
+from synfer.prompts import prompt_vocabulary
 
 
 def test_same_seed_same_weights_other_seed_other_weights():

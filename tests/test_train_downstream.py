@@ -10,7 +10,7 @@ from fer_layouts import write_affectnet_csv, write_folder, write_synfer
 from synfer.cli import app
 from synfer.data.readers import open_labelled
 from synfer.expressions import AFFECTNET7, Expression
-from synfer.labelers.classifier import load_classifier
+from synfer.models.classifier import load_classifier
 from synfer.train.downstream import DownstreamConfig, TrainHooks, train_downstream
 
 runner = CliRunner()
@@ -190,7 +190,8 @@ def test_resume_refuses_changed_data(tmp_path):
 
 
 def test_folder_swaps_survive_a_crash_between_renames(tmp_path):
-    from synfer.train.checkpoints import latest_checkpoint, replace_dir, restore_swapped
+    from synfer.data.run_folder import replace_dir, restore_swapped
+    from synfer.train.checkpoints import CHECKPOINTS_DIR, latest_checkpoint
 
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
@@ -205,7 +206,7 @@ def test_folder_swaps_survive_a_crash_between_renames(tmp_path):
     (run / "checkpoints" / "step-00000009.tmp").mkdir(parents=True)  # a checkpoint being written
     (run / "checkpoints" / "step-00000004").mkdir()
     (run / "checkpoints" / "step-00000004" / "trainer_state.json").write_text("{}")
-    restore_swapped(run)
+    restore_swapped(run, run / CHECKPOINTS_DIR)
     assert (run / "best" / "model.safetensors").read_text() == "new" and not (run / "best.old").exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000004"]
     assert latest_checkpoint(run).name == "step-00000004"

@@ -58,7 +58,7 @@ class _ConsoleHandler(logging.Handler):
         err_console.print(f"[{style}]{level}:[/] {record.getMessage()}", highlight=False)
 
 
-class _Rate(ProgressColumn):
+class RateColumn(ProgressColumn):
     """Items per second, from rich's own speed estimate."""
 
     def __init__(self, unit: str):
@@ -68,6 +68,21 @@ class _Rate(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:.2f} {self.unit}/s" if speed else f"-- {self.unit}/s", style="progress.data.speed")
+
+
+class RichReporter:
+    """Reports a library stage on the terminal: log lines and progress bars on stderr (see ``synfer.progress``)."""
+
+    def log(self, message: str) -> None:
+        err_console.print(message, highlight=False, soft_wrap=True)
+
+    @contextmanager
+    def progress(self, description: str, total: int, completed: int = 0, unit: str = "img", show: bool = True):
+        if not show:
+            yield lambda k=1: None
+            return
+        with progress_bar(description, total=total, unit=unit, completed=completed) as advance:
+            yield advance
 
 
 @contextmanager
@@ -81,7 +96,7 @@ def progress_bar(description: str, total: int, unit: str = "img", completed: int
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
-        _Rate(unit),
+        RateColumn(unit),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),

@@ -2,63 +2,49 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from ..labelers.base import LABELERS
+from ..labelers.rectifier import POLICIES
+from ..labelers.relabel import RelabelConfig as C
 from . import app
-from ._common import console, progress_bar, quiet_libraries
+from ._common import RichReporter, console, quiet_libraries
 
-_LABELER_HELP = "An ensemble member, KIND:PATH: feranno:HEAD_DIR or classifier:DIR (repeat for more)."
+_LABELER_HELP = f"An ensemble member, KIND:PATH ({LABELERS.choices()}), e.g. feranno:HEAD_DIR (repeat for more)."
 
 
 @app.command()
 def relabel(
     dataset: Path = typer.Argument(..., help="A dataset folder written by synfer generate."),
     labeler: list[str] = typer.Option(..., "--labeler", "-l", help=_LABELER_HELP),
-    policy: str = typer.Option("mean", "--policy", help="mean (averaged probabilities, as SynFER), vote or weighted."),
+    policy: str = typer.Option(C.policy, "--policy", help=f"{POLICIES.choices()}: mean averages probabilities, as SynFER."),
     weight: list[float] = typer.Option(None, "--weight", help="With --policy weighted: one weight per --labeler, in order."),
-    name: str = typer.Option("rectified", "--name", help="Writes labels/NAME.parquet (+ .report.json, .relabel.png)."),
+    name: str = typer.Option(C.name, "--name", help="Writes labels/NAME.parquet (+ .report.json, .relabel.png)."),
     min_confidence: float = typer.Option(
-        None, "--min-confidence", help="Mark keep=false where the ensemble's confidence is below this (default: keep all)."
+        C.min_confidence, "--min-confidence", help="Mark keep=false where the ensemble's confidence is below this (default: keep all)."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace labels/NAME.parquet made with other settings."),
+    batch_size: int = typer.Option(C.batch_size, "--batch-size"),
+    device: str = typer.Option(C.device, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    overwrite: bool = typer.Option(C.overwrite, "--overwrite", help="Replace labels/NAME.parquet made with other settings."),
 ) -> None:
     """Relabel a dataset with an ensemble (FERAnno heads, FER classifiers): labels/NAME.parquet + a report."""
-    from ..data.dataset import SynferDataset
-    from ..labelers.registry import load_labeler, parse_labeler_spec
-    from ..labelers.rectifier import Rectifier, check_settings
-    from ..labelers.relabel import check_name, finished_samples, relabel_dataset, report_file, run_metadata
-    from ..models.loading import resolve_device
+    from ..labelers.relabel import relabel as run
+    from ..labelers.relabel import report_file
 
-    # Cheap checks first: a typo should not cost a model load.
-    check_name(name)
-    data = SynferDataset(dataset)
-    for spec in labeler:
-        parse_labeler_spec(spec)
-    weights = weight or None
-    check_settings(policy, weights, len(labeler), min_confidence)
-    torch_device = resolve_device(device)
-
+    config = C(
+        str(dataset), tuple(labeler), policy, tuple(weight) if weight else None, name, min_confidence, batch_size, device, overwrite
+    )
     quiet_libraries()
-    members = [load_labeler(spec, torch_device) for spec in labeler]
-    rectifier = Rectifier(members, data.label_set, policy=policy, weights=weights, min_confidence=min_confidence)
-
-    already = finished_samples(data, name, run_metadata(data, rectifier, name))
-    start = time.perf_counter()
-    with progress_bar("relabelling", total=data.n, completed=already) as advance:
-        result = relabel_dataset(data, rectifier, name, batch_size=batch_size, overwrite=overwrite, on_progress=advance)
-    elapsed = time.perf_counter() - start
+    result = run(config, RichReporter())
     if result.already_complete:
         console.print(f"{result.path} was already complete with these labelers and settings")
     elif result.labelled:
-        console.print(f"labelled {result.labelled} samples ({result.labelled / max(elapsed, 1e-9):.2f} img/s)")
+        console.print(f"labelled {result.labelled} samples ({result.labelled / max(result.seconds, 1e-9):.2f} img/s)")
     _print_report(result.report)
-    console.print(f"wrote {result.path}, {report_file(data.root, name)} and the relabel matrix figure")
+    console.print(f"wrote {result.path}, {report_file(dataset, name)} and the relabel matrix figure")
 
 
 def _percent(value) -> str:

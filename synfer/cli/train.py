@@ -7,9 +7,13 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..errors import ConfigError
+from ..data.readers import LAYOUTS
+from ..models.backbone_specs import BACKBONES
+from ..train import MIXED_PRECISIONS
+from ..train.downstream import BEST_METRICS
+from ..train.downstream import DownstreamConfig as C
 from . import app
-from ._common import _Rate, console, err_console, quiet_libraries
+from ._common import RateColumn, console, err_console, quiet_libraries
 
 _DATA_HELP = "AffectNet (CSV or NPY layout), RAF-DB, FER2013, an image folder per expression, or a synfer dataset."
 
@@ -35,7 +39,7 @@ class _RichHooks:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
-            _Rate("img"),
+            RateColumn("img"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -62,72 +66,57 @@ class _RichHooks:
             self.progress = None
 
 
-def _mode(synthetic_only: bool, real_only: bool, mixed: bool, synthetic: Path | None, real: Path | None) -> str:
-    chosen = [name for name, flag in (("synthetic-only", synthetic_only), ("real-only", real_only), ("mixed", mixed)) if flag]
-    if len(chosen) > 1:
-        raise ConfigError(f"choose one of --synthetic-only, --real-only and --mixed (got {', '.join('--' + c for c in chosen)})")
-    if chosen:
-        return chosen[0]
-    if synthetic is not None and real is not None:
-        return "mixed"
-    if synthetic is not None:
-        return "synthetic-only"
-    if real is not None:
-        return "real-only"
-    raise ConfigError("give training data: --synthetic-only --synthetic DATASET, --real-only --real DIR, or --mixed with both")
-
-
 @app.command("train-downstream")
 def train_downstream(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, checkpoints, best/ and last/ classifiers, metrics)."),
     synthetic_only: bool = typer.Option(False, "--synthetic-only", help="Train on --synthetic only."),
     real_only: bool = typer.Option(False, "--real-only", help="Train on --real only."),
     mixed: bool = typer.Option(False, "--mixed", help="Train on --real and --synthetic together."),
-    synthetic: str = typer.Option(None, "--synthetic", help="A synfer dataset folder."),
-    labels: str = typer.Option(None, "--labels", help="Use labels/NAME.parquet from synfer relabel (its keep flag drops samples)."),
-    real: str = typer.Option(None, "--real", help=f"Real training data: {_DATA_HELP}"),
-    real_split: str = typer.Option("train", "--real-split", help="Split of --real to train on."),
-    real_layout: str = typer.Option(None, "--real-layout", help="Layout of --real (default: detected)."),
-    eval_real: str = typer.Option(None, "--eval-real", help=f"Evaluation data (default: --real's --eval-split): {_DATA_HELP}"),
-    eval_split: str = typer.Option("val", "--eval-split", help="Split to evaluate on (val; test for RAF-DB and FER2013's private test)."),
-    eval_layout: str = typer.Option(None, "--eval-layout", help="Layout of --eval-real (default: detected)."),
-    synthetic_ratio: float = typer.Option(0.5, "--synthetic-ratio", help="--mixed: share of synthetic images in each epoch."),
-    classes: int = typer.Option(8, "--classes", help="8 (AffectNet-8) or 7 (no contempt: dropped from every dataset)."),
-    backbone: str = typer.Option("resnet18", "--backbone", help="resnet18, resnet50, convnext-tiny, vit-base (tiny-* for tests)."),
-    weights: str = typer.Option(None, "--weights", help="imagenet, a hub id or a folder; random init when left out."),
-    image_size: int = typer.Option(None, "--image-size", help="Input size (default: the backbone's)."),
-    epochs: int = typer.Option(10, "--epochs"),
-    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per batch per process."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Batches per optimizer step."),
-    lr: float = typer.Option(3e-4, "--lr", help="Peak AdamW learning rate (linear warm-up, then cosine)."),
-    weight_decay: float = typer.Option(0.05, "--weight-decay"),
-    warmup_ratio: float = typer.Option(0.05, "--warmup-ratio", help="Share of the steps spent warming up."),
-    label_smoothing: float = typer.Option(0.1, "--label-smoothing"),
-    balanced: bool = typer.Option(False, "--balanced", help="Class-balanced sampling (with replacement)."),
-    ema_decay: float = typer.Option(None, "--ema", help="Keep an EMA of the weights with this decay; it is evaluated and saved."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="kornia crop, flip, affine, colour jitter, erasing."),
-    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
-    cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even when a GPU is present."),
-    workers: int = typer.Option(4, "--workers", help="DataLoader worker processes that decode images."),
-    shuffle_buffer: int = typer.Option(512, "--shuffle-buffer", help="Samples a synfer shard reader shuffles among."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Optimizer steps between checkpoints."),
-    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints"),
-    eval_every: int = typer.Option(None, "--eval-every", help="Steps between evaluations (default: every epoch)."),
-    eval_batch_size: int = typer.Option(None, "--eval-batch-size"),
-    best_metric: str = typer.Option("accuracy", "--best-metric", help="accuracy, balanced_accuracy or macro_f1 picks best/."),
-    crop_face: bool = typer.Option(False, "--crop-face", help="AffectNet CSV layout: crop each image to its face box."),
-    numbering: str = typer.Option(None, "--numbering", help="Image folders named by number: affectnet, rafdb or fer2013 codes."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on missing or unreadable images instead of counting them."),
-    seed: int = typer.Option(0, "--seed", min=0),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    synthetic: str = typer.Option(C.synthetic, "--synthetic", help="A synfer dataset folder."),
+    labels: str = typer.Option(C.synthetic_labels, "--labels", help="Use labels/NAME.parquet from synfer relabel (its keep flag drops samples)."),
+    real: str = typer.Option(C.real, "--real", help=f"Real training data: {_DATA_HELP}"),
+    real_split: str = typer.Option(C.real_split, "--real-split", help="Split of --real to train on."),
+    real_layout: str = typer.Option(C.real_layout, "--real-layout", help=f"Layout of --real: {LAYOUTS.choices()} (default: detected)."),
+    eval_real: str = typer.Option(C.eval_real, "--eval-real", help=f"Evaluation data (default: --real's --eval-split): {_DATA_HELP}"),
+    eval_split: str = typer.Option(C.eval_split, "--eval-split", help="Split to evaluate on (val; test for RAF-DB and FER2013's private test)."),
+    eval_layout: str = typer.Option(C.eval_layout, "--eval-layout", help="Layout of --eval-real (default: detected)."),
+    synthetic_ratio: float = typer.Option(C.synthetic_ratio, "--synthetic-ratio", help="--mixed: share of synthetic images in each epoch."),
+    classes: int = typer.Option(C.classes, "--classes", help="8 (AffectNet-8) or 7 (no contempt: dropped from every dataset)."),
+    backbone: str = typer.Option(C.backbone, "--backbone", help=f"{BACKBONES.choices()} (tiny-* for tests)."),
+    weights: str = typer.Option(C.weights, "--weights", help="imagenet, a hub id or a folder; random init when left out."),
+    image_size: int = typer.Option(C.image_size, "--image-size", help="Input size (default: the backbone's)."),
+    epochs: int = typer.Option(C.epochs, "--epochs"),
+    max_steps: int = typer.Option(C.max_steps, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs)."),
+    batch_size: int = typer.Option(C.batch_size, "--batch-size", help="Images per batch per process."),
+    grad_accum: int = typer.Option(C.grad_accum, "--grad-accum", help="Batches per optimizer step."),
+    lr: float = typer.Option(C.lr, "--lr", help="Peak AdamW learning rate (linear warm-up, then cosine)."),
+    weight_decay: float = typer.Option(C.weight_decay, "--weight-decay"),
+    warmup_ratio: float = typer.Option(C.warmup_ratio, "--warmup-ratio", help="Share of the steps spent warming up."),
+    label_smoothing: float = typer.Option(C.label_smoothing, "--label-smoothing"),
+    balanced: bool = typer.Option(C.balanced, "--balanced", help="Class-balanced sampling (with replacement)."),
+    ema_decay: float = typer.Option(C.ema_decay, "--ema", help="Keep an EMA of the weights with this decay; it is evaluated and saved."),
+    augment: bool = typer.Option(C.augment, "--augment/--no-augment", help="kornia crop, flip, affine, colour jitter, erasing."),
+    mixed_precision: str = typer.Option(C.mixed_precision, "--mixed-precision", help=", ".join(MIXED_PRECISIONS) + "."),
+    cpu: bool = typer.Option(C.cpu, "--cpu", help="Train on the CPU even when a GPU is present."),
+    workers: int = typer.Option(C.workers, "--workers", help="DataLoader worker processes that decode images (default: one per core)."),
+    shuffle_buffer: int = typer.Option(C.shuffle_buffer, "--shuffle-buffer", help="Samples a synfer shard reader shuffles among."),
+    checkpoint_every: int = typer.Option(C.checkpoint_every, "--checkpoint-every", help="Optimizer steps between checkpoints."),
+    keep_checkpoints: int = typer.Option(C.keep_checkpoints, "--keep-checkpoints"),
+    eval_every: int = typer.Option(C.eval_every, "--eval-every", help="Steps between evaluations (default: every epoch)."),
+    eval_batch_size: int = typer.Option(C.eval_batch_size, "--eval-batch-size"),
+    best_metric: str = typer.Option(C.best_metric, "--best-metric", help=f"{', '.join(BEST_METRICS)}: picks best/."),
+    crop_face: bool = typer.Option(C.crop_face, "--crop-face", help="AffectNet CSV layout: crop each image to its face box."),
+    numbering: str = typer.Option(C.numbering, "--numbering", help="Image folders named by number: affectnet, rafdb or fer2013 codes."),
+    strict: bool = typer.Option(C.strict, "--strict", help="Fail on missing or unreadable images instead of counting them."),
+    seed: int = typer.Option(C.seed, "--seed", min=0),
+    resume: bool = typer.Option(C.resume, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ) -> None:
     """Train a FER classifier on synthetic, real or mixed data and evaluate it on real images."""
-    from ..train.downstream import DownstreamConfig
+    from ..train.downstream import choose_mode
     from ..train.downstream import train_downstream as run_training
 
-    config = DownstreamConfig(
-        out=str(out), mode=_mode(synthetic_only, real_only, mixed, synthetic, real), synthetic=synthetic,
+    config = C(
+        out=str(out), mode=choose_mode(synthetic_only, real_only, mixed, synthetic=synthetic, real=real), synthetic=synthetic,
         synthetic_labels=labels, real=real, real_split=real_split, real_layout=real_layout, eval_real=eval_real,
         eval_split=eval_split, eval_layout=eval_layout, synthetic_ratio=synthetic_ratio, classes=classes,
         backbone=backbone, weights=weights, image_size=image_size, epochs=epochs, max_steps=max_steps,
@@ -138,7 +127,6 @@ def train_downstream(
         eval_batch_size=eval_batch_size, best_metric=best_metric, crop_face=crop_face, numbering=numbering,
         strict=strict, seed=seed, resume=resume,
     )
-    config.validate()  # before any import of the model stack: a typo costs nothing
     quiet_libraries()
     hooks = _RichHooks()
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..aus import NUM_AUS
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -54,6 +54,12 @@ INDEX_SCHEMA = pa.schema(
         pa.field("attributes", pa.string(), nullable=False),  # JSON object of subject attributes
     ]
 )
+
+
+def check_image_format(image_format: str) -> str:
+    if image_format not in IMAGE_FORMATS:
+        raise ConfigError(f"unknown image format {image_format!r} (accepted: {', '.join(IMAGE_FORMATS)})")
+    return image_format
 
 
 def sample_key(index: int) -> str:

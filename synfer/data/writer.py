@@ -11,16 +11,9 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
 
-from ..errors import ConfigError
-from .format import IMAGE_FORMATS, INDEX_SCHEMA, TAR_MTIME, atomic_path, commit_file, index_path, tar_path, temporary_path
+from .format import INDEX_SCHEMA, TAR_MTIME, atomic_path, check_image_format, commit_file, index_path, tar_path, temporary_path
 
 _PIL_FORMATS = {"png": ("PNG", {"compress_level": 6}), "jpg": ("JPEG", {"quality": 95}), "webp": ("WEBP", {"quality": 95})}
-
-
-def check_image_format(image_format: str) -> str:
-    if image_format not in IMAGE_FORMATS:
-        raise ConfigError(f"unknown image format {image_format!r} (accepted: {', '.join(IMAGE_FORMATS)})")
-    return image_format
 
 
 def encode_image(image: Image.Image, image_format: str) -> bytes:

@@ -1,5 +1,6 @@
-"""Labelers: FER classifiers, the FERAnno diffusion-feature annotator and the ensemble rectifier."""
+"""Labelers: anything that gives class probabilities for images (FER classifiers, FERAnno), and the
+ensemble rectifier that re-checks a dataset's labels with them (``synfer relabel``)."""
 
-from .classifier import FERClassifier, create_classifier, load_classifier
+from .base import LABELERS, LabelBatch, Labeler, load_labeler
 
-__all__ = ["FERClassifier", "create_classifier", "load_classifier"]
+__all__ = ["LABELERS", "LabelBatch", "Labeler", "load_labeler"]

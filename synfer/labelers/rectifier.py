@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import ConfigError, LabelError
 from ..expressions import LabelSet
-from .registry import LabelBatch, Labeler
+from ..registry import Registry
+from .base import LabelBatch, Labeler
 
 DEFAULT_POLICY = "mean"
 
@@ -37,19 +38,7 @@ class EnsembleVote:
 
 
 Policy = Callable[[np.ndarray, np.ndarray], EnsembleVote]
-POLICIES: dict[str, Policy] = {}
-
-
-def register_policy(name: str) -> Callable[[Policy], Policy]:
-    """Decorator: ``policy(member_probs [M, B, K], weights [M]) -> EnsembleVote``."""
-
-    def decorate(policy: Policy) -> Policy:
-        if name in POLICIES:
-            raise ConfigError(f"policy {name!r} is already registered")
-        POLICIES[name] = policy
-        return policy
-
-    return decorate
+POLICIES: Registry[Policy] = Registry("policy")  # policy(member_probs [M, B, K], weights [M]) -> EnsembleVote
 
 
 def _argmax_vote(probs: np.ndarray) -> EnsembleVote:
@@ -57,19 +46,19 @@ def _argmax_vote(probs: np.ndarray) -> EnsembleVote:
     return EnsembleVote(probs, index, probs[np.arange(len(index)), index])
 
 
-@register_policy("mean")
+@POLICIES.register("mean")
 def mean_policy(member_probs: np.ndarray, weights: np.ndarray) -> EnsembleVote:
     """SynFER's rule: the members' probabilities averaged, then the argmax."""
     return _argmax_vote(member_probs.mean(axis=0))
 
 
-@register_policy("weighted")
+@POLICIES.register("weighted")
 def weighted_policy(member_probs: np.ndarray, weights: np.ndarray) -> EnsembleVote:
     """The weighted average of the members' probabilities (weights normalised to sum 1), then the argmax."""
     return _argmax_vote(np.tensordot(weights / weights.sum(), member_probs, axes=1))
 
 
-@register_policy("vote")
+@POLICIES.register("vote")
 def vote_policy(member_probs: np.ndarray, weights: np.ndarray) -> EnsembleVote:
     """Majority of the members' argmaxes; a tie goes to the tied class with the highest mean probability.
 
@@ -90,8 +79,7 @@ def check_settings(
     policy: str, weights: Sequence[float] | None, members: int, min_confidence: float | None
 ) -> np.ndarray | None:
     """Validate the ensemble settings (before any model loads); returns the weights as an array."""
-    if policy not in POLICIES:
-        raise ConfigError(f"unknown policy {policy!r} (accepted: {', '.join(POLICIES)})")
+    POLICIES.check(policy)
     if (policy == "weighted") != (weights is not None):
         raise ConfigError("give --weight once per labeler with --policy weighted, and only with it")
     if weights is not None:

@@ -1,4 +1,12 @@
-"""Relabelling a synfer dataset: the rectifier over every shard, into ``labels/<name>.parquet``.
+"""``relabel()``: re-check every label of a synfer dataset with an ensemble, into ``labels/<name>.parquet``.
+
+```python
+from synfer import RelabelConfig, relabel
+
+result = relabel(RelabelConfig("runs/balanced", labelers=("feranno:runs/anno", "classifier:runs/resnet")))
+```
+
+The label-file schema is in ``docs/formats.md``:
 
 ```
 DATASET/labels/
@@ -18,6 +26,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +34,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from ..data.dataset import Sample, SynferDataset
 from ..data.format import LABELS_DIR, MANIFEST, atomic_path, commit_file, shard_stem, write_json
 from ..errors import ConfigError, DatasetError
 from ..expressions import LabelSet
 from ..models.fingerprint import json_sha256
-from .rectifier import RectifiedBatch, Rectifier
-from .registry import LabelBatch
+from ..progress import Reporter, SilentReporter
+from .base import LABELERS, LabelBatch
+from .rectifier import DEFAULT_POLICY, RectifiedBatch, Rectifier, check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +108,65 @@ def read_labels_metadata(path: Path) -> dict:
         return {}
 
 
+# -- the stage ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelabelConfig:
+    """Everything ``synfer relabel`` takes: the dataset, the ensemble (``KIND:PATH`` specs) and its rule.
+
+    Args:
+        dataset: a dataset folder written by ``synfer generate``.
+        labelers: ensemble members, ``feranno:HEAD_DIR`` or ``classifier:DIR``.
+        policy: ``mean`` (SynFER's), ``vote`` or ``weighted`` (with one weight per labeler).
+        name: the labels file is ``labels/<name>.parquet``.
+        min_confidence: samples whose ensemble confidence is below it get ``keep=false``; None keeps all.
+    """
+
+    dataset: str
+    labelers: tuple[str, ...] = ()
+    policy: str = DEFAULT_POLICY
+    weights: tuple[float, ...] | None = None
+    name: str = DEFAULT_NAME
+    min_confidence: float | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "labelers", tuple(self.labelers))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        check_name(self.name)
+        if not self.labelers:
+            raise ConfigError("the ensemble needs at least one labeler (--labeler KIND:PATH)")
+        for spec in self.labelers:
+            LABELERS.parse(spec)
+        check_settings(self.policy, self.weights, len(self.labelers), self.min_confidence)
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+def relabel(config: RelabelConfig, reporter: Reporter | None = None) -> RelabelOutput:
+    """Load the ensemble and label every sample of the dataset (resumable; see the module docstring)."""
+    from ..devices import resolve_device
+    from .base import load_labeler
+
+    reporter = reporter or SilentReporter()
+    dataset = SynferDataset(config.dataset)
+    device = resolve_device(config.device)
+    members = [load_labeler(spec, device) for spec in config.labelers]
+    rectifier = Rectifier(members, dataset.label_set, config.policy, config.weights, config.min_confidence)
+    already = finished_samples(dataset, config.name, run_metadata(dataset, rectifier, config.name))
+    start = time.perf_counter()
+    with reporter.progress("relabelling", total=dataset.n, completed=already) as advance:
+        output = relabel_dataset(
+            dataset, rectifier, config.name, batch_size=config.batch_size, overwrite=config.overwrite, on_progress=advance
+        )
+    output.seconds = time.perf_counter() - start
+    return output
+
+
 # -- the run -----------------------------------------------------------------------------------------
 
 
@@ -111,12 +179,14 @@ class RelabelOutput:
         report: the report (also saved as JSON next to it).
         labelled: samples labelled by this call (0 when the labels were already complete).
         reused_shards: shards whose part a previous, interrupted run had finished.
+        seconds: the time :func:`relabel` spent labelling (models loading excluded).
     """
 
     path: Path
     report: dict
     labelled: int = 0
     reused_shards: list[int] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def already_complete(self) -> bool:
@@ -278,6 +348,8 @@ def _label_shard(
         if missing:
             raise DatasetError(f"shard {shard} of {dataset.root} has samples missing from its index: {missing[:3]}")
         positions = [rows[s.key] for s in samples]
+        import torch
+
         batch = LabelBatch(
             images=_to_tensor([s.image for s in samples], shard),
             aus=torch.tensor([index["aus"][p] for p in positions], dtype=torch.float32),
@@ -311,7 +383,9 @@ def _label_shard(
     return table.sort_by("key")
 
 
-def _to_tensor(images, shard: int) -> torch.Tensor:
+def _to_tensor(images, shard: int):
+    import torch
+
     sizes = {image.size for image in images}
     if len(sizes) != 1:
         raise DatasetError(f"shard {shard} mixes image sizes {sorted(sizes)}; relabel needs one size per batch")

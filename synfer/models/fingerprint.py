@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def module_sha256(module: torch.nn.Module) -> str:
     """SHA-256 over a module's state dict (names, dtypes, shapes and bytes), independent of device."""
+    import torch  # imported on call: the hashing helpers below serve light modules too
+
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         tensor = tensor.detach().to("cpu").contiguous()
@@ -25,6 +29,8 @@ def json_sha256(data) -> str:
 
 def pipeline_fingerprint(pipe) -> dict:
     """Class, parameter count and content hash of every component of a diffusers pipeline."""
+    import torch
+
     components = {}
     for name, component in pipe.components.items():
         if component is None:

@@ -8,15 +8,10 @@ same weights.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from tokenizers import pre_tokenizers
 
-logger = logging.getLogger(__name__)
-
 TINY_NAME = "tiny"
-TINY_WARNING = "model 'tiny' is a smoke-test model with random weights: its images are not faces"
 TINY_RESOLUTION = 32
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -42,7 +37,7 @@ def tiny_tokenizer():
     """
     from transformers import CLIPTokenizer
 
-    from ..pipelines.prompts import prompt_vocabulary
+    from ..prompts import prompt_vocabulary
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab: dict[str, int] = {}
@@ -123,13 +118,3 @@ def tiny_components(seed: int = 0) -> dict:
         "scheduler": scheduler,
         "au_adapter": au_adapter,
     }
-
-
-def tiny_pipeline(seed: int = 0):
-    """The tiny SynFER pipeline (random weights, CPU, float32)."""
-    from ..pipelines.pipeline_synfer import SynFERPipeline
-
-    logger.warning(TINY_WARNING)
-    pipe = SynFERPipeline(**tiny_components(seed))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe

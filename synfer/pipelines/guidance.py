@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,27 +45,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError, ModelLoadError, first_line
 from ..expressions import Expression
+from .steering import NORMALIZATIONS, VAE_DECODER, check_guidance, guided_steps
 
 logger = logging.getLogger(__name__)
-
-VAE_DECODER = "vae"
-
-
-def _normalize_global(grad: torch.Tensor) -> torch.Tensor:
-    """Each image's gradient divided by its L2 norm over the whole embedding (tokens x dim), as in the paper."""
-    norm = grad.flatten(1).norm(dim=1).clamp_min(torch.finfo(grad.dtype).tiny)
-    return grad / norm.view(-1, *([1] * (grad.ndim - 1)))
-
-
-def _normalize_per_token(grad: torch.Tensor) -> torch.Tensor:
-    """Each token's gradient divided by its own L2 norm: every token moves by the same distance."""
-    return grad / grad.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
-
-
-NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "global": _normalize_global,
-    "per_token": _normalize_per_token,
-}
 
 # The predicted clean latent from the model output, per scheduler prediction type (a = alpha_bar_t).
 _PREDICTED_ORIGINAL: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -95,26 +76,15 @@ def check_scheduler(scheduler) -> None:
         raise ConfigError(f"unknown prediction type {prediction!r} (accepted: {', '.join(_PREDICTED_ORIGINAL)})")
 
 
-def parse_window(text: str) -> tuple[float, float]:
-    """``"0.6:1.0"`` -> (0.6, 1.0); the range itself is checked by :class:`SemanticGuidance`."""
-    parts = str(text).split(":")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        return float(parts[0]), float(parts[1])
-    except ValueError:
-        raise ConfigError(f"the guidance window must be START:END fractions such as 0.6:1.0, got {text!r}") from None
-
-
 def load_decoder(path: str | os.PathLike) -> nn.Module:
     """An ``AutoencoderTiny`` (e.g. TAESD) from a local folder or hub id, safetensors only."""
     from diffusers import AutoencoderTiny
 
-    from ..models.loading import _HUB_ID
+    from .loading import is_hub_id
 
     source = os.fspath(path)
     local = Path(source).expanduser()
-    if not local.is_dir() and (local.exists() or not _HUB_ID.match(source) or source.startswith((".", "~"))):
+    if not local.is_dir() and (local.exists() or not is_hub_id(source)):
         raise ModelLoadError(f"guidance decoder folder {source!r} does not exist (give vae, an AutoencoderTiny folder or a hub id)")
     try:
         return AutoencoderTiny.from_pretrained(
@@ -131,7 +101,7 @@ class SemanticGuidance:
     """How to steer images toward their target expressions; pass it as ``semantic_guidance=`` to the pipeline.
 
     Args:
-        classifier: a FER classifier (:class:`synfer.labelers.classifier.FERClassifier`): images
+        classifier: a FER classifier (:class:`synfer.models.classifier.FERClassifier`): images
             [B, 3, H, W] in [0, 1] to logits over its ``label_set``; it resizes and normalises itself.
         target_labels: one AffectNet label per image (or per prompt, or one for all); required at call time.
         step_size: lambda, the distance each guided step moves the (normalised) embedding.
@@ -160,23 +130,9 @@ class SemanticGuidance:
     reuse_prediction: bool = False
 
     def __post_init__(self):
-        if not math.isfinite(float(self.step_size)) or self.step_size < 0:
-            raise ConfigError(f"the guidance step size must be a finite number >= 0, got {self.step_size}")
-        try:
-            start, end = (float(v) for v in self.window)
-        except (TypeError, ValueError):
-            raise ConfigError(f"the guidance window must be two fractions (start, end), got {self.window!r}") from None
-        if not 0.0 <= start < end <= 1.0:
-            raise ConfigError(f"the guidance window must satisfy 0 <= start < end <= 1, got {start:g}:{end:g}")
-        self.window = (start, end)
-        if int(self.every) != self.every or self.every < 1:
-            raise ConfigError(f"guidance every must be an integer >= 1, got {self.every}")
-        if self.normalize not in NORMALIZATIONS:
-            raise ConfigError(f"unknown guidance normalization {self.normalize!r} (accepted: {', '.join(NORMALIZATIONS)})")
-        if self.max_images_per_pass is not None and self.max_images_per_pass < 1:
-            raise ConfigError(f"max_images_per_pass must be >= 1, got {self.max_images_per_pass}")
+        self.window = check_guidance(self.step_size, self.window, self.every, self.normalize, self.max_images_per_pass)
         if not callable(getattr(self.classifier, "target_indices", None)):
-            raise ConfigError("the guidance classifier must be a FER classifier (see synfer.labelers.classifier)")
+            raise ConfigError("the guidance classifier must be a FER classifier (see synfer.models.classifier)")
         if isinstance(self.decoder, (str, os.PathLike)) and os.fspath(self.decoder) != VAE_DECODER:
             self.decoder = load_decoder(self.decoder)
         if self.target_labels is not None:
@@ -188,10 +144,7 @@ class SemanticGuidance:
 
     def guided_steps(self, num_steps: int) -> list[int]:
         """Indices of the guided steps in a schedule of ``num_steps`` steps."""
-        start, end = self.window
-        # The tolerance keeps e.g. 0.7 * 10 (7.000000000000001 in binary floating point) from skipping step 7.
-        first, stop = (math.ceil(fraction * num_steps - 1e-9) for fraction in (start, end))
-        return list(range(first, stop, int(self.every)))
+        return guided_steps(self.window, self.every, num_steps)
 
     def to_dict(self) -> dict:
         """The settings that decide the images, with content hashes of the classifier and decoder weights."""

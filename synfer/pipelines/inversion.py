@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 from diffusers import DDIMInverseScheduler
 
 from ..errors import ConfigError, DatasetError
+from .steering import check_layout, inverted_steps
 
 REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Separates the reference choice from every other use of a sample's seed.
@@ -75,20 +76,6 @@ def use_layout_scheduler(pipe, num_steps: int) -> str | None:
         raise ConfigError(f"cannot build a DDIM schedule matching its inversion from the {replaced} config")
     pipe.scheduler = scheduler
     return replaced
-
-
-def check_strength(strength: float) -> float:
-    if not 0.0 < strength <= 1.0:
-        raise ConfigError(f"layout strength must be in (0, 1], got {strength}")
-    return float(strength)
-
-
-def inverted_steps(num_steps: int, strength: float) -> int:
-    """How many steps of an ``num_steps`` schedule a layout ``strength`` inverts (as diffusers' img2img)."""
-    steps = min(int(num_steps * check_strength(strength)), num_steps)
-    if steps < 1:
-        raise ConfigError(f"layout strength {strength} inverts none of {num_steps} steps; raise the strength or the steps")
-    return steps
 
 
 def _per_image(items: list, batch_size: int, num_images_per_prompt: int, what: str) -> list:
@@ -145,8 +132,7 @@ def invert(
     with accelerated iterative diffusion inversion"), one extra UNet pass per iteration, which makes
     sampling retrace the inversion much more closely.
     """
-    if iterations < 0:
-        raise ConfigError(f"layout iterations must be >= 0, got {iterations}")
+    check_layout(1.0, iterations)
     inverse = inverse_scheduler(pipe.scheduler, num_steps, device=latents.device)
     for t in inverse.timesteps[:steps]:
         noise = pipe.predict_noise(latents, t, prompt_embeds, None, au_embeds, au_embeds, 1.0, cross_attention_kwargs)
@@ -158,38 +144,77 @@ def invert(
     return latents
 
 
-def layout_latents(
-    pipe,
-    images,
-    *,
-    strength: float,
-    prompt: str,
-    iterations: int = 0,
-    num_steps: int,
-    batch_size: int,
-    num_images_per_prompt: int,
-    height: int,
-    width: int,
-    null_au_embeds: torch.Tensor | None,
-    device,
-    dtype,
-    cross_attention_kwargs: dict[str, Any] | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Starting latents inverted from ``images``, and the index of the first sampling step to run.
+@dataclass(frozen=True)
+class LayoutInit:
+    """Layout initialisation for one pipeline call; pass it as ``layout=`` to the pipeline.
 
-    Call after ``pipe.scheduler.set_timesteps(num_steps)``; sampling continues with
-    ``pipe.scheduler.timesteps[first_step:]``.
+    Args:
+        images: the reference face(s): one image, or a list with one per prompt or per image (PIL images,
+            numpy arrays or [3, H, W] tensors in [0, 1], as diffusers' ``VaeImageProcessor`` takes them).
+        strength: the fraction of the schedule inverted; 1.0 starts from x_T, less keeps more of the reference.
+        prompt: the prompt the inversion is conditioned on (empty by default).
+        iterations: fixed-point refinements per inversion step (0: plain DDIM inversion); each costs one more
+            UNet pass per step and brings the sampler's path closer to the inverted one.
     """
-    steps = inverted_steps(num_steps, strength)
-    if not layout_compatible(pipe.scheduler, num_steps):
-        raise ConfigError(
-            f"layout initialisation inverts with DDIM, and {type(pipe.scheduler).__name__} samples other noise "
-            "levels; use pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)"
-        )
-    clean = encode_images(pipe, images, batch_size, num_images_per_prompt, height, width, device, dtype)
-    embeds = pipe.encode_prompt(prompt, device, clean.shape[0], False)[0].to(dtype)
-    inverted = invert(pipe, clean, embeds, null_au_embeds, num_steps, steps, cross_attention_kwargs, iterations)
-    return inverted, num_steps - steps
+
+    images: Any = None
+    strength: float = 1.0
+    prompt: str = ""
+    iterations: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "strength", check_layout(self.strength, self.iterations))
+
+    def with_images(self, images) -> LayoutInit:
+        """The same settings with other reference images."""
+        return replace(self, images=images)
+
+    def start(self, pipe, batch_size: int, num_images_per_prompt: int, num_steps: int) -> LayoutRun:
+        """A :class:`LayoutRun` for one pipeline call; checks the settings against the schedule first.
+
+        Call after ``pipe.scheduler.set_timesteps(num_steps)``.
+        """
+        if self.images is None:
+            raise ConfigError("layout initialisation needs reference images (LayoutInit(images=...))")
+        steps = inverted_steps(num_steps, self.strength)
+        if not layout_compatible(pipe.scheduler, num_steps):
+            raise ConfigError(
+                f"layout initialisation inverts with DDIM, and {type(pipe.scheduler).__name__} samples other noise "
+                "levels; use pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)"
+            )
+        return LayoutRun(self, pipe, batch_size, num_images_per_prompt, num_steps, steps)
+
+
+@dataclass
+class LayoutRun:
+    """The inversion of one pipeline call: which steps are inverted, and the inverted starting latents."""
+
+    layout: LayoutInit
+    pipe: Any
+    batch_size: int
+    num_images_per_prompt: int
+    num_steps: int
+    steps: int  # inverted steps
+
+    @property
+    def first_step(self) -> int:
+        """The first sampling step to run: sampling continues with ``scheduler.timesteps[first_step:]``."""
+        return self.num_steps - self.steps
+
+    def latents(
+        self,
+        height: int,
+        width: int,
+        null_au_embeds: torch.Tensor | None,
+        dtype: torch.dtype,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """Starting latents inverted from the reference images, at the noise level of :attr:`first_step`."""
+        pipe, layout = self.pipe, self.layout
+        device = pipe._execution_device
+        clean = encode_images(pipe, layout.images, self.batch_size, self.num_images_per_prompt, height, width, device, dtype)
+        embeds = pipe.encode_prompt(layout.prompt, device, clean.shape[0], False)[0].to(dtype)
+        return invert(pipe, clean, embeds, null_au_embeds, self.num_steps, self.steps, cross_attention_kwargs, layout.iterations)
 
 
 def pick_reference(references: Sequence[Path], seed: int) -> Path:
@@ -220,9 +245,7 @@ class LayoutReferences:
 
     Args:
         folder: the images (searched recursively; png, jpg, jpeg, webp).
-        strength: the fraction of the schedule inverted (1.0: from x_T).
-        prompt: the inversion prompt.
-        iterations: fixed-point refinements per inversion step (0: plain DDIM inversion).
+        strength, prompt, iterations: the :class:`LayoutInit` settings every sample uses.
     """
 
     folder: Path
@@ -232,9 +255,7 @@ class LayoutReferences:
     references: tuple[Path, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "strength", check_strength(self.strength))
-        if self.iterations < 0:
-            raise ConfigError(f"layout iterations must be >= 0, got {self.iterations}")
+        object.__setattr__(self, "strength", check_layout(self.strength, self.iterations))
         object.__setattr__(self, "folder", Path(self.folder))
         object.__setattr__(self, "references", tuple(list_references(self.folder)))
 
@@ -252,6 +273,10 @@ class LayoutReferences:
                 return image.convert("RGB")
         except (OSError, ValueError) as error:
             raise DatasetError(f"cannot read layout reference {path}: {error}") from None
+
+    def for_seeds(self, seeds: Sequence[int]) -> LayoutInit:
+        """The layout of a batch: each sample's reference (by its seed) with this folder's settings."""
+        return LayoutInit([self.image_for(seed) for seed in seeds], self.strength, self.prompt, self.iterations)
 
     def to_dict(self) -> dict:
         """What decides the samples: settings and a fingerprint of the listing (relative names and sizes).

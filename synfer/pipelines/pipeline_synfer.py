@@ -24,7 +24,7 @@ from ..aus import MAX_INTENSITY, NUM_AUS, AUVector, stack
 from ..errors import AUError, ConfigError
 from ..models.au_adapter import AUAdapter
 from .guidance import SemanticGuidance
-from .inversion import layout_latents
+from .inversion import LayoutInit
 
 logger = logging.getLogger(__name__)
 
@@ -286,10 +286,7 @@ class SynFERPipeline(DiffusionPipeline):
         aus: AUInput | None = None,
         au_scale: float = 1.0,
         semantic_guidance: SemanticGuidance | None = None,
-        layout_image: Any | None = None,
-        layout_strength: float = 1.0,
-        layout_prompt: str = "",
-        layout_iterations: int = 0,
+        layout: LayoutInit | None = None,
     ) -> SynFEROutput | tuple:
         """Generate images.
 
@@ -302,12 +299,8 @@ class SynFERPipeline(DiffusionPipeline):
             au_scale: weight of the AU attention in every cross-attention layer; 0 ignores the AUs exactly.
             semantic_guidance: a :class:`~synfer.pipelines.guidance.SemanticGuidance` (classifier, one target
                 label per image, step size, window, ...): steers each image's text embedding toward its target.
-            layout_image: reference face(s) — one image, or a list with one per prompt or per image — whose DDIM
-                inversion replaces the random starting noise (see :mod:`synfer.pipelines.inversion`).
-            layout_strength: fraction of the schedule inverted; 1.0 starts from x_T, less keeps more of the reference.
-            layout_prompt: the prompt the inversion is conditioned on.
-            layout_iterations: fixed-point refinements per inversion step (0: plain DDIM inversion); each costs
-                one more UNet pass per step and brings the sampler's path closer to the inverted one.
+            layout: a :class:`~synfer.pipelines.inversion.LayoutInit` (reference face(s), strength, inversion
+                prompt, iterations): the references' DDIM inversion replaces the random starting noise.
 
         Returns:
             :class:`SynFEROutput` (images, aus, prompts), or ``(images, aus, prompts)`` when ``return_dict`` is False.
@@ -336,8 +329,8 @@ class SynFERPipeline(DiffusionPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        if layout_image is not None and latents is not None:
-            raise ConfigError("give at most one of `latents` and `layout_image`")
+        if layout is not None and latents is not None:
+            raise ConfigError("give at most one of `latents` and `layout`")
         # Drawn even when a layout image replaces them, so the generators are checked and advance alike.
         latents = self.prepare_latents(
             total, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents
@@ -346,30 +339,19 @@ class SynFERPipeline(DiffusionPipeline):
         guider = None
         if semantic_guidance is not None:
             guider = semantic_guidance.start(self, batch_size, num_images_per_prompt, num_inference_steps)
+        inversion = None
+        if layout is not None:
+            inversion = layout.start(self, batch_size, num_images_per_prompt, num_inference_steps)
 
         previous_scale = self.au_adapter.au_scale if self.au_adapter is not None else None
         if self.au_adapter is not None:
             self.au_adapter.set_scale(au_scale)
         try:
             first_step = 0
-            if layout_image is not None:
+            if inversion is not None:
                 # Inverted under the same AU scale the sampler uses, so that the two paths match.
-                latents, first_step = layout_latents(
-                    self,
-                    layout_image,
-                    strength=layout_strength,
-                    prompt=layout_prompt,
-                    iterations=layout_iterations,
-                    num_steps=num_inference_steps,
-                    batch_size=batch_size,
-                    num_images_per_prompt=num_images_per_prompt,
-                    height=height,
-                    width=width,
-                    null_au_embeds=null_au_embeds,
-                    device=device,
-                    dtype=prompt_embeds.dtype,
-                    cross_attention_kwargs=cross_attention_kwargs,
-                )
+                latents = inversion.latents(height, width, null_au_embeds, prompt_embeds.dtype, cross_attention_kwargs)
+                first_step = inversion.first_step
                 timesteps = timesteps[first_step:]
             with self.progress_bar(total=len(timesteps)) as progress_bar, guider or contextlib.nullcontext():
                 for i, t in enumerate(timesteps):

@@ -35,6 +35,7 @@ import numpy as np
 from ..aus import AU_INDEX, DEFAULT_PRESENT_INTENSITY, MAX_INTENSITY, NUM_AUS, PROTOTYPE_AUS, AUVector, from_openface
 from ..errors import AUError, ConfigError, LabelError, first_line
 from ..expressions import Expression, parse_expression
+from ..registry import Registry
 
 from .seeds import AU_STREAM, derive_seed
 
@@ -297,8 +298,7 @@ def _empirical(config: "PlanConfig") -> AUSource:
 
 
 # --au-source NAME -> a factory from the plan config.
-AU_SOURCES: dict[str, Callable[["PlanConfig"], AUSource]] = {
-    "prototype": _prototype,
-    "empirical": _empirical,
-    "fixed": _fixed,
-}
+AU_SOURCES: Registry[Callable[["PlanConfig"], AUSource]] = Registry("AU source")
+AU_SOURCES.register("prototype", _prototype)
+AU_SOURCES.register("empirical", _empirical)
+AU_SOURCES.register("fixed", _fixed)

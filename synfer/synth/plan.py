@@ -36,7 +36,8 @@ from ..expressions import (
     get_label_set,
     parse_expression,
 )
-from ..pipelines.prompts import PromptBuilder, SubjectAttributes
+from ..prompts import PromptBuilder, SubjectAttributes
+from ..registry import Registry
 from .apportion import Apportionment, apportion, integer_weights
 from .au_sources import AU_SOURCES, AUSource
 from .seeds import LABEL_STREAM, derive_seed
@@ -60,11 +61,10 @@ def _custom(label_set: LabelSet, config: "PlanConfig") -> tuple[float, ...]:
 
 
 # --distribution NAME -> weights per class of the label set; a JSON file gives "custom" weights.
-LABEL_DISTRIBUTIONS: dict[str, Callable[[LabelSet, "PlanConfig"], tuple[float, ...]]] = {
-    "balanced": _balanced,
-    "affectnet": _affectnet,
-    "custom": _custom,
-}
+LABEL_DISTRIBUTIONS: Registry[Callable[[LabelSet, "PlanConfig"], tuple[float, ...]]] = Registry("label distribution")
+LABEL_DISTRIBUTIONS.register("balanced", _balanced)
+LABEL_DISTRIBUTIONS.register("affectnet", _affectnet)
+LABEL_DISTRIBUTIONS.register("custom", _custom)
 
 _SCALE = re.compile(r"^\s*(\d+)\s*x?\s*$", re.IGNORECASE)
 
@@ -133,9 +133,8 @@ class PlanConfig:
         if self.label is not None:
             label_set.index(self.label)  # raises when the label is not in the set
         if self.distribution not in LABEL_DISTRIBUTIONS:
-            raise ConfigError(
-                f"unknown label distribution {self.distribution!r} (accepted: balanced, affectnet, or a JSON file of weights)"
-            )
+            named = ", ".join(name for name in LABEL_DISTRIBUTIONS if name != "custom")
+            raise ConfigError(f"unknown label distribution {self.distribution!r} (accepted: {named}, or a JSON file of weights)")
         if (self.distribution == "custom") != (self.weights is not None):
             raise ConfigError("label weights go with the 'custom' distribution, and only with it")
         if self.label is not None and self.distribution != "balanced":
@@ -150,8 +149,7 @@ class PlanConfig:
             integer_weights(LABEL_DISTRIBUTIONS["custom"](label_set, self))
         source = self.au_source or ("fixed" if self.aus is not None else "prototype")
         object.__setattr__(self, "au_source", source)
-        if source not in AU_SOURCES:
-            raise ConfigError(f"unknown AU source {source!r} (accepted: {', '.join(AU_SOURCES)})")
+        AU_SOURCES.check(source)
         if (source == "fixed") != (self.aus is not None):
             raise ConfigError("fixed AUs (--aus) go with the 'fixed' AU source, and only with it")
         if (source == "empirical") != (self.au_table is not None):

@@ -20,8 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from .. import __version__
 from ..aus import NUM_AUS
 from ..data.format import (
@@ -33,13 +31,15 @@ from ..data.format import (
     SHARDS_DIR,
     done_shards,
     num_shards,
+    index_path,
     read_manifest,
     shard_range,
-    write_json,
+    tar_path,
 )
-from ..data.writer import ShardWriter, check_image_format
+from ..data.run_folder import ResumeRules, RunFolder
+from ..data.format import check_image_format
 from ..errors import ConfigError, DatasetError
-from .plan import Planner, SamplePlan
+from .plan import PlanConfig, Planner, SamplePlan
 
 if TYPE_CHECKING:
     from ..pipelines.guidance import SemanticGuidance
@@ -89,7 +89,9 @@ class RenderConfig:
 
 
 @dataclass
-class GenerateResult:
+class ShardWork:
+    """What :func:`generate_dataset` did: samples made now, shards made now and shards found finished."""
+
     out: Path
     made: int = 0  # samples made by this process in this run
     skipped_shards: list[int] = field(default_factory=list)
@@ -116,67 +118,74 @@ def build_manifest(planner: Planner, render: RenderConfig, model: dict) -> dict:
     }
 
 
-def _sample_defining(manifest: dict) -> dict:
-    """The parts of a manifest that decide sample content: if they differ, a resume would mix datasets.
+# What decides a dataset's samples; the rest of a manifest (creation time, version, where the model was
+# loaded from, label counts derived from n) is recorded, not compared. The AU table counts by its
+# content hash, not its path, so a resume may find it under another mount point. A larger n grows the
+# dataset in place; every other change is refused unless --overwrite.
+DATASET_RULES = ResumeRules(
+    compare=("n", "shard_size", "base_seed", "label_set", "image_format", "plan", "render", "model.components.*.sha256"),
+    ignore=frozenset({"plan.au_table"}),
+    may_grow=frozenset({"n", "plan.n"}),
+    defaults={},
+)
+_RESUME_HINT = "use the same options to resume, another --out, or --overwrite to replace it"
 
-    Compared as JSON reads them back (tuples become lists). The AU table counts by its content hash,
-    not its path, so a resume may find it under another mount point.
+
+def dataset_folder(out: Path) -> RunFolder:
+    return RunFolder(out, MANIFEST, "dataset", read=read_manifest)
+
+
+def _clear_dataset(out: Path) -> None:
+    """What --overwrite removes: the dataset's own files (a foreign folder's other files stay)."""
+    for name in (SHARDS_DIR, LABELS_DIR):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in (MANIFEST, CARD, PREVIEW):
+        (out / name).unlink(missing_ok=True)
+
+
+def open_dataset(out: Path, manifest: dict, planner: Planner, overwrite: bool = False) -> int | None:
+    """Create ``out`` with ``manifest``, resume the same dataset there, or grow a smaller one to it.
+
+    Returns the previous n when the dataset grew, else None. A dataset made with another config is
+    refused unless ``overwrite``, which removes it; so is a smaller n (a dataset never shrinks).
     """
-    manifest = json.loads(json.dumps(manifest))
-    keys = ("n", "shard_size", "base_seed", "label_set", "image_format", "plan", "render")
-    model = manifest.get("model", {})
-    hashes = {name: c.get("sha256") for name, c in model.get("components", {}).items()}
-    defining = {**{k: manifest.get(k) for k in keys}, "weights": hashes}
-    if isinstance(defining["plan"], dict):
-        defining["plan"].pop("au_table", None)
-    return defining
-
-
-def _changed_fields(existing: dict, manifest: dict) -> list[str]:
-    old, new = _sample_defining(existing), _sample_defining(manifest)
-    changed = []
-    for key in sorted(new):
-        if isinstance(new[key], dict) and isinstance(old.get(key), dict) and key != "weights":
-            changed += [f"{key}.{k}" for k in sorted(set(new[key]) | set(old[key])) if new[key].get(k) != old[key].get(k)]
-        elif old.get(key) != new[key]:
-            changed.append(key)
-    return changed
-
-
-def _refusal(out: Path, changed: list[str]) -> DatasetError:
-    return DatasetError(
-        f"{out} holds a dataset made with a different config (differs in: {', '.join(changed)}); "
-        "use the same options to resume, another --out, or --overwrite to replace it"
-    )
-
-
-def prepare_output(out: Path, manifest: dict, overwrite: bool = False, write: bool = True) -> None:
-    """Create ``out`` or check that it holds the same dataset; write the manifest when ``write``.
-
-    An existing dataset made with a different config is refused unless ``overwrite``, which removes it.
-    """
-    out = Path(out)
-    if (out / MANIFEST).is_file():
-        existing = read_manifest(out)
-        if _sample_defining(existing) != _sample_defining(manifest):
-            if not overwrite:
-                raise _refusal(out, _changed_fields(existing, manifest))
-            if write:
-                _remove_dataset(out)
-        else:
-            return  # same dataset: resume, keep the original manifest
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not out.is_dir():
-            raise DatasetError(f"--out {out} exists and is not a folder")
-        if not overwrite:
-            raise DatasetError(f"--out {out} exists, is not empty and is not a synfer dataset; choose a new folder")
-    if not write:
-        return
+    folder = dataset_folder(out)
+    status = folder.open(manifest, DATASET_RULES, overwrite=overwrite, hint=_RESUME_HINT, clear=_clear_dataset)
     try:
-        (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-        write_json(out / MANIFEST, manifest)
+        (Path(out) / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DatasetError(f"cannot write to --out {out}: {error.strerror or error}") from None
+    if status.state != "grown":
+        return None
+    previous = int(status.stored["n"])
+    grow_dataset(out, status.stored, manifest, planner)
+    return previous
+
+
+def grow_dataset(out: Path, stored: dict, manifest: dict, planner: Planner) -> list[int]:
+    """Bring a finished-or-not dataset made for a smaller n in line with ``manifest`` (same config, larger n).
+
+    Finished shards that lie wholly inside the old n stay as they are, except any whose samples the
+    new n plans differently (only samples in :attr:`Planner.adjusted` can be, and usually none are);
+    the old last shard, if partial, is redone. Their indexes go first (so they read as unfinished),
+    then their tars; the card goes, since it describes the old n; the manifest is replaced last. A
+    crash anywhere in between leaves a dataset the next run grows the same way. Returns the shards
+    to redo.
+    """
+    old_n, shard_size = int(stored["n"]), int(manifest["shard_size"])
+    redo = {old_n // shard_size} if old_n % shard_size else set()
+    old = Planner(PlanConfig.from_dict(stored["plan"]))
+    for index in set(stored.get("label_adjusted", [])) | set(planner.adjusted):
+        if index < old_n and old.label_of(index) is not planner.label_of(index):
+            redo.add(index // shard_size)
+    finished = done_shards(out)
+    for shard in sorted(redo & finished):
+        index_path(out, shard).unlink(missing_ok=True)
+        tar_path(out, shard).unlink(missing_ok=True)
+    for name in (CARD, PREVIEW):
+        (Path(out) / name).unlink(missing_ok=True)
+    dataset_folder(out).write_record(manifest)
+    return sorted(redo)
 
 
 def wait_for_manifest(
@@ -185,34 +194,27 @@ def wait_for_manifest(
     """For ranks > 0: wait until rank 0 has written a manifest that matches ``manifest``.
 
     A manifest that differs is refused at once without ``overwrite`` (rank 0 refuses it too); with
-    ``overwrite`` it is waited out, since rank 0 is about to replace it.
+    ``overwrite``, or when rank 0 is about to grow the dataset to ``manifest``'s n, it is waited out.
     """
-    out = Path(out)
+    folder = dataset_folder(out)
     deadline = time.monotonic() + timeout
     while True:
-        if (out / MANIFEST).is_file():
+        if folder.has_record():
             try:
-                existing = read_manifest(out)
+                status = folder.compare(manifest, DATASET_RULES)
             except DatasetError:
-                existing = None  # being replaced right now (or foreign): look again
-            if existing is not None:
-                if _sample_defining(existing) == _sample_defining(manifest):
+                status = None  # being replaced right now (or foreign): look again
+            if status is not None:
+                if status.state == "same":
                     return
-                if not overwrite:
-                    raise _refusal(out, _changed_fields(existing, manifest))
+                if status.state == "changed" and not overwrite:
+                    raise folder.refusal(status.changes, _RESUME_HINT)
         if time.monotonic() >= deadline:
             raise DatasetError(
-                f"waited {timeout:g} s for rank 0 to write {out / MANIFEST} for this config; rank 0 may have "
+                f"waited {timeout:g} s for rank 0 to write {Path(out) / MANIFEST} for this config; rank 0 may have "
                 "failed (see its output), or raise --wait-timeout"
             )
         time.sleep(poll)
-
-
-def _remove_dataset(out: Path) -> None:
-    for name in (SHARDS_DIR, LABELS_DIR):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in (MANIFEST, CARD, PREVIEW):
-        (out / name).unlink(missing_ok=True)
 
 
 def _row_and_meta(plan: SamplePlan, shard: int, height: int, width: int) -> tuple[dict, dict]:
@@ -260,17 +262,14 @@ def steering_kwargs(plans: list[SamplePlan], render: RenderConfig) -> dict:
     if render.guidance is not None:
         kwargs["semantic_guidance"] = render.guidance.with_targets([p.label for p in plans])
     if render.layout is not None:
-        kwargs.update(
-            layout_image=[render.layout.image_for(p.seed) for p in plans],
-            layout_strength=render.layout.strength,
-            layout_prompt=render.layout.prompt,
-            layout_iterations=render.layout.iterations,
-        )
+        kwargs["layout"] = render.layout.for_seeds([p.seed for p in plans])
     return kwargs
 
 
 def render_batch(pipe, plans: list[SamplePlan], render: RenderConfig):
     """Images for ``plans``; each image depends only on its own plan (one generator per image)."""
+    import torch
+
     return pipe(
         prompt=[p.prompt for p in plans],
         negative_prompt=[render.negative_prompt] * len(plans),
@@ -296,16 +295,18 @@ def generate_dataset(
     rank: int = 0,
     world_size: int = 1,
     on_progress: Callable[[int], None] | None = None,
-) -> GenerateResult:
+) -> ShardWork:
     """Make this process's unfinished shards of the dataset in ``out`` (whose manifest must exist).
 
     ``on_progress(k)`` is called after each batch of ``k`` new samples.
     """
+    from ..data.writer import ShardWriter  # webdataset loads torch
+
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
     n = planner.config.n
-    result = GenerateResult(out)
+    result = ShardWork(out)
     finished = done_shards(out)
     for shard in rank_shards(n, render.shard_size, rank, world_size):
         indices = shard_range(shard, n, render.shard_size)

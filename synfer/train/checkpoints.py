@@ -1,4 +1,5 @@
-"""Crash-safe run folders: checkpoints and classifier folders are written aside and renamed into place.
+"""Checkpoints of training runs; like classifier folders, they are written aside and renamed into place
+(:func:`synfer.data.run_folder.replace_dir`).
 
 A checkpoint is ``checkpoints/step-N/``: accelerate's state (model as safetensors; optimizer,
 scheduler and RNG states read back with ``torch.load(weights_only=True)``), the EMA weights as
@@ -8,34 +9,10 @@ safetensors and the trainer's own state as JSON. Only folders with their final n
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_NAME = "trainer_state.json"
-
-
-def restore_swapped(run: Path) -> None:
-    """Finish a directory swap a crash interrupted (see :func:`replace_dir`)."""
-    for old in list(run.glob("*.old")) + list((run / CHECKPOINTS_DIR).glob("*.old")):
-        final = old.with_suffix("")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, final)
-    for tmp in list(run.glob("*.tmp")) + list((run / CHECKPOINTS_DIR).glob("*.tmp")):
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Put the finished folder ``tmp`` at ``final`` by renames only; the old one goes last."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(run: Path) -> Path | None:

@@ -19,24 +19,18 @@ back with the checkpoint. Resuming therefore needs the same options, workers and
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-from .. import __version__
 from ..data.format import write_json
 from ..data.readers import LAYOUTS, LabelledDataset, detect_layout, open_labelled
-from ..errors import ConfigError, DatasetError
+from ..data.run_folder import ResumeRules, RunFolder, restore_swapped
+from ..devices import available_cpus
+from ..errors import ConfigError
 from ..eval.metrics import ClassificationMetrics
-from ..expressions import LabelSet, get_label_set
+from ..expressions import get_label_set
 from . import MIXED_PRECISIONS
-from .checkpoints import CHECKPOINTS_DIR, STATE_NAME, latest_checkpoint, load_ema, replace_dir, restore_swapped, save_ema
-from .data import IGNORE_INDEX, EvalStream, Source, StreamShape, TrainStream, make_loader
+from .checkpoints import CHECKPOINTS_DIR
 
 MODES = ("synthetic-only", "real-only", "mixed")
 BEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -47,12 +41,16 @@ RESUMABLE_CHANGES = frozenset({"out", "checkpoint_every", "keep_checkpoints", "s
 CURVE_POINTS = 200
 
 
-@dataclass
+@dataclass(frozen=True)
 class DownstreamConfig:
-    """Everything that defines a downstream training run (the CLI's options)."""
+    """Everything that defines a downstream training run (the options of ``synfer train-downstream``).
+
+    ``mode`` None picks it from the datasets given (both: mixed). ``workers`` None uses every core
+    this process may run on (on a resume: the run's own count, which its data order depends on).
+    """
 
     out: str
-    mode: str = "real-only"
+    mode: str | None = None
     synthetic: str | None = None
     synthetic_labels: str | None = None  # labels/<name>.parquet from relabel
     real: str | None = None
@@ -80,7 +78,7 @@ class DownstreamConfig:
     augment: bool = True
     mixed_precision: str = "no"
     cpu: bool = False
-    workers: int = 4
+    workers: int | None = None
     shuffle_buffer: int = 512
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -93,7 +91,9 @@ class DownstreamConfig:
     seed: int = 0
     resume: bool = False
 
-    def validate(self) -> None:
+    def __post_init__(self):
+        if self.mode is None:
+            object.__setattr__(self, "mode", choose_mode(synthetic=self.synthetic, real=self.real))
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r} (accepted: {', '.join(MODES)})")
         needs = {"synthetic-only": ("synthetic",), "real-only": ("real",), "mixed": ("synthetic", "real")}[self.mode]
@@ -120,7 +120,7 @@ class DownstreamConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1 or not 0 <= self.label_smoothing < 1:
             raise ConfigError("--lr must be positive, --weight-decay >= 0, --warmup-ratio and --label-smoothing in [0, 1)")
@@ -133,6 +133,27 @@ class DownstreamConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DownstreamConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def choose_mode(synthetic_only: bool = False, real_only: bool = False, mixed: bool = False, *, synthetic=None, real=None) -> str:
+    """The training mode from the flags given, or from the datasets given when no flag is."""
+    chosen = [name for name, flag in (("synthetic-only", synthetic_only), ("real-only", real_only), ("mixed", mixed)) if flag]
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one of --synthetic-only, --real-only and --mixed (got {', '.join('--' + c for c in chosen)})")
+    if chosen:
+        return chosen[0]
+    if synthetic is not None and real is not None:
+        return "mixed"
+    if synthetic is not None:
+        return "synthetic-only"
+    if real is not None:
+        return "real-only"
+    raise ConfigError("give training data: --synthetic-only --synthetic DATASET, --real-only --real DIR, or --mixed with both")
 
 
 @dataclass
@@ -164,58 +185,57 @@ class TrainHooks:
         pass
 
 
-@dataclass
-class TrainerState:
-    """What a checkpoint holds besides accelerate's state: progress, curves, the best evaluation."""
-
-    step: int = 0
-    images: int = 0
-    unreadable: int = 0
-    unreadable_examples: list = field(default_factory=list)
-    loss: list = field(default_factory=list)  # [step, mean loss over the steps since the previous point]
-    loss_window: list = field(default_factory=lambda: [0.0, 0])  # running sum and count
-    evals: list = field(default_factory=list)  # {"step": ..., accuracy, balanced_accuracy, macro_f1}
-    best: dict | None = None  # {"step": ..., **metrics.to_dict()}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainerState":
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
-
-
 # -- the run folder -------------------------------------------------------------------------------
+
+# A resume compares the stored options with the new ones; these may change, since they decide nothing
+# about the weights. `workers` left unset on a resume takes the run's own count.
+RUN_RULES = ResumeRules(
+    compare=("config",),
+    ignore=frozenset(f"config.{name}" for name in RESUMABLE_CHANGES),
+    inherit=frozenset({"config.workers"}),
+)
+
+
+def run_folder(out: str | Path) -> RunFolder:
+    return RunFolder(out, CONFIG_NAME, "training run")
+
+
+def resolved_config(config: DownstreamConfig) -> DownstreamConfig:
+    """``config`` with what it leaves open filled in: on a resume from the stored run, else from the machine."""
+    folder = run_folder(config.out)
+    if config.resume and folder.has_record():
+        stored = folder.read_record()
+        merged = RUN_RULES.inherited(stored, {"config": config.to_dict()})["config"]
+        config = DownstreamConfig.from_dict(merged)
+    if config.workers is None:
+        config = replace(config, workers=available_cpus())
+    return config
+
 
 def prepare_run(config: DownstreamConfig, main: bool = True) -> bool:
     """Create the run folder or check that it holds this run; True when a finished run is found.
 
     Only the ``main`` process changes the folder.
     """
-    run = Path(config.out)
-    saved = run / CONFIG_NAME
-    if saved.is_file():
-        try:
-            previous = json.loads(saved.read_text())["config"]
-        except (OSError, ValueError, KeyError) as error:
-            raise DatasetError(f"cannot read {saved}: {error}") from None
-        if not config.resume:
-            raise ConfigError(f"{run} already holds a training run; pass --resume to continue it, or choose another --out")
-        changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and previous.get(k) != v)
-        if changed:
-            details = ", ".join(f"{k}: {previous.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
-            raise ConfigError(f"{run} was started with other options ({details}); an exact resume needs the same ones")
+    folder = run_folder(config.out)
+    status = folder.compare({"config": config.to_dict()}, RUN_RULES)
+    if status.state == "new":
+        if not folder.is_empty():
+            raise ConfigError(f"--out {folder.path} exists and is not a synfer training run; choose a new folder")
         if main:
-            restore_swapped(run)
-        return (run / METRICS_NAME).is_file()
-    if run.exists() and (not run.is_dir() or any(run.iterdir())):
-        raise ConfigError(f"--out {run} exists and is not a synfer training run; choose a new folder")
-    try:
-        if main:
-            run.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"cannot create --out {run}: {error.strerror or error}") from None
-    return False
+            try:
+                folder.path.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigError(f"cannot create --out {folder.path}: {error.strerror or error}") from None
+        return False
+    if not config.resume:
+        raise ConfigError(f"{folder.path} already holds a training run; pass --resume to continue it, or choose another --out")
+    if status.state != "same":
+        details = ", ".join(f"{c.path.removeprefix('config.')}: {c.old!r} -> {c.new!r}" for c in status.changes)
+        raise ConfigError(f"{folder.path} was started with other options ({details}); an exact resume needs the same ones")
+    if main:
+        restore_swapped(folder.path, folder.path / CHECKPOINTS_DIR)
+    return (folder.path / METRICS_NAME).is_file()
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -223,8 +243,6 @@ def prepare_run(config: DownstreamConfig, main: bool = True) -> bool:
 def _open(config: DownstreamConfig, path: str, split: str, layout: str | None, labels: str | None = None) -> LabelledDataset:
     options = {"crop_face": config.crop_face, "numbering": config.numbering, "labels": labels}
     chosen_layout = layout or detect_layout(path).name
-    if chosen_layout not in LAYOUTS:
-        raise ConfigError(f"unknown dataset layout {chosen_layout!r} (accepted: {', '.join(LAYOUTS)})")
     # Options that do not apply to this layout are left out instead of refused: one --crop-face
     # serves an AffectNet --real and a RAF-DB --eval-real alike.
     accepted = {k: v for k, v in options.items() if k in LAYOUTS[chosen_layout].options}
@@ -250,355 +268,6 @@ def open_datasets(config: DownstreamConfig) -> tuple[list[tuple[str, LabelledDat
     return train, evaluation
 
 
-def training_sources(config: DownstreamConfig, train: list[tuple[str, LabelledDataset]]) -> list[Source]:
-    """How many samples each training dataset gives per epoch (mixed: real once, synthetic by ratio)."""
-    if config.mode != "mixed":
-        return [Source(dataset, len(dataset)) for _, dataset in train]
-    real = dict(train)["real"]
-    synthetic_count = max(1, round(len(real) * config.synthetic_ratio / (1 - config.synthetic_ratio)))
-    return [Source(real, len(real)), Source(dict(train)["synthetic"], synthetic_count)]
-
-
-# -- evaluation -----------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate(model, dataset: LabelledDataset, label_set: LabelSet, image_size: int, batch_size: int, workers: int, accelerator=None, seed: int = 0):
-    """Metrics of ``model`` on ``dataset`` (summed over processes) and the unreadable images' messages."""
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    processes, index = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
-    stream = EvalStream(dataset, label_set, image_size, processes, index)
-    classes = label_set.num_classes
-    confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
-    errors: list[str] = []
-    was_training = model.training
-    model.eval()
-    for batch in make_loader(stream, batch_size, workers, seed, pin_memory=device.type == "cuda"):
-        errors += [e for e in batch["error"] if e]
-        valid = batch["valid"].to(device)
-        if not valid.any():
-            continue
-        predictions = model(batch["image"].to(device).float().div_(255)).argmax(dim=1)
-        targets = batch["target"].to(device)
-        confusion += torch.bincount(targets[valid] * classes + predictions[valid], minlength=classes * classes)
-    if accelerator is not None:
-        confusion = accelerator.reduce(confusion, "sum")
-    model.train(was_training)
-    return ClassificationMetrics(tuple(label_set.names), confusion.view(classes, classes).cpu().numpy()), errors
-
-
-# -- training -----------------------------------------------------------------------------------------
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # Biases and normalisation weights are not decayed (the usual AdamW recipe for vision backbones).
-    decay, plain = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim > 1 else plain).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
-class _Trainer:
-    """One run: the objects accelerate prepared and the loop around them."""
-
-    def __init__(self, config: DownstreamConfig, hooks: TrainHooks):
-        self.config = config
-        self.hooks = hooks
-        self.run = Path(config.out)
-
-    # The steps of ``train_downstream``, in order.
-    def setup(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-        from diffusers.optimization import get_scheduler
-
-        from ..labelers.classifier import create_classifier
-
-        config = self.config
-        self.label_set = get_label_set(config.classes)
-        self.train_sets, self.eval_set = open_datasets(config)
-        try:
-            self.accelerator = Accelerator(
-                mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu
-            )
-        except ValueError as error:
-            raise ConfigError(f"cannot set up training: {error}") from None
-        accelerator = self.accelerator
-        set_seed(config.seed)
-        model = create_classifier(config.backbone, self.label_set, config.weights, input_size=config.image_size)
-        # Each process augments differently from here on; the model started identical everywhere.
-        set_seed(config.seed, device_specific=True)
-        self.image_size = model.input_size
-        self.stream = TrainStream(
-            training_sources(config, self.train_sets),
-            self.label_set,
-            self.image_size,
-            config.seed,
-            StreamShape(config.batch_size, accelerator.num_processes, accelerator.process_index, config.workers, config.grad_accum),
-            balanced=config.balanced,
-            shuffle_buffer=config.shuffle_buffer,
-        )
-        self.steps_per_epoch = self.stream.batches_per_process // config.grad_accum
-        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.log_every = max(1, self.total_steps // CURVE_POINTS)
-        optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
-        # Prepared schedulers step once per process for every optimizer step, hence the scaling.
-        scheduler = get_scheduler(
-            "cosine",
-            optimizer,
-            num_warmup_steps=round(config.warmup_ratio * self.total_steps) * accelerator.num_processes,
-            num_training_steps=self.total_steps * accelerator.num_processes,
-        )
-        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
-        self.ema = None
-        if config.ema_decay is not None:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(self.unwrapped.parameters(), decay=config.ema_decay)
-            self.ema.to(accelerator.device)
-        self.augment = None
-        if config.augment:
-            from .augment import face_augmentation
-
-            self.augment = face_augmentation(self.image_size).to(accelerator.device)
-        self.state = TrainerState()
-
-    @property
-    def unwrapped(self):
-        return self.accelerator.unwrap_model(self.model)
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    def describe(self) -> dict:
-        datasets = {role: self._dataset_info(d) for role, d in self.train_sets}
-        datasets["eval"] = self._dataset_info(self.eval_set)
-        return {
-            "config": self.config.to_dict(),
-            "synfer_version": __version__,
-            "label_set": self.label_set.name,
-            "image_size": self.image_size,
-            "steps": self.total_steps,
-            "steps_per_epoch": self.steps_per_epoch,
-            "images_per_epoch": self.stream.images_per_epoch * self.accelerator.num_processes,
-            "num_processes": self.accelerator.num_processes,
-            "datasets": datasets,
-        }
-
-    @staticmethod
-    def _dataset_info(dataset: LabelledDataset) -> dict:
-        return {
-            "name": dataset.name,
-            "root": str(dataset.root),
-            "images": len(dataset),
-            "classes": dataset.class_counts(),
-            "left_out": dataset.stats.to_dict(),
-        }
-
-    def resume(self) -> None:
-        if not self.config.resume:
-            return
-        saved = json.loads((self.run / CONFIG_NAME).read_text())
-        if saved.get("num_processes") != self.accelerator.num_processes:
-            raise ConfigError(
-                f"{self.run} was trained by {saved.get('num_processes')} process(es), this launch has "
-                f"{self.accelerator.num_processes}; an exact resume needs the same number"
-            )
-        now = self.describe()["datasets"]
-        changed = [role for role, info in saved.get("datasets", {}).items() if now.get(role, {}).get("images") != info.get("images")]
-        if changed:
-            role = changed[0]
-            raise ConfigError(
-                f"the {role} dataset changed since {self.run} started ({saved['datasets'][role].get('images')} images then, "
-                f"{now.get(role, {}).get('images')} now); an exact resume needs the same data"
-            )
-        checkpoint = latest_checkpoint(self.run)
-        if checkpoint is None:
-            if self.main:
-                self.hooks.log(f"no checkpoint in {self.run / CHECKPOINTS_DIR}: starting from step 0")
-            return
-        self.accelerator.load_state(str(checkpoint))
-        self.state = TrainerState.from_dict(json.loads((checkpoint / STATE_NAME).read_text()))
-        if self.ema is not None:
-            load_ema(self.ema, checkpoint, self.accelerator.device)
-        if self.main:
-            self.hooks.log(f"resumed from {checkpoint} (step {self.state.step} of {self.total_steps})")
-
-    def save_checkpoint(self) -> None:
-        accelerator, folder = self.accelerator, self.run / CHECKPOINTS_DIR
-        final = folder / f"step-{self.state.step:08d}"
-        tmp = final.with_name(final.name + ".tmp")
-        if self.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if self.main:
-            if self.ema is not None:
-                save_ema(self.ema, tmp)
-            write_json(tmp / STATE_NAME, self.state.to_dict())
-            replace_dir(tmp, final)
-            done = sorted((p for p in folder.glob("step-*") if not p.name.endswith(".tmp")), key=lambda p: int(p.name.split("-")[1]))
-            for old in done[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-
-    def _with_eval_weights(self, action):
-        """Run ``action`` with the weights that are evaluated and saved: the EMA ones when kept."""
-        if self.ema is None:
-            return action()
-        parameters = list(self.unwrapped.parameters())
-        self.ema.store(parameters)
-        self.ema.copy_to(parameters)
-        try:
-            return action()
-        finally:
-            self.ema.restore(parameters)
-
-    def save_classifier(self, name: str, metrics: ClassificationMetrics) -> None:
-        if not self.main:
-            return
-        final = self.run / name
-        tmp = final.with_name(name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        extra = {"trained": {"step": self.state.step, "mode": self.config.mode, "ema": self.ema is not None,
-                             "eval": self.eval_set.name, **metrics.summary()}}
-        self._with_eval_weights(lambda: self.unwrapped.save_pretrained(tmp, extra=extra))
-        replace_dir(tmp, final)
-
-    def evaluate(self) -> ClassificationMetrics:
-        config = self.config
-
-        def run():
-            # The bare module: a DDP forward may broadcast buffers, a collective that would hang
-            # when processes evaluate different numbers of batches.
-            return evaluate(
-                self.unwrapped, self.eval_set, self.label_set, self.image_size, config.eval_batch_size or config.batch_size,
-                config.workers, self.accelerator, config.seed,
-            )
-
-        metrics, errors = self._with_eval_weights(run)
-        self._note_unreadable(errors)
-        self.last = metrics
-        self.state.evals.append({"step": self.state.step, **metrics.summary()})
-        score = metrics.summary()[config.best_metric]
-        if self.state.best is None or score > self.state.best[config.best_metric]:
-            self.state.best = {"step": self.state.step, **metrics.to_dict()}
-            self.save_classifier("best", metrics)
-        if self.main:
-            self.hooks.evaluated(self.state.step, metrics)
-        return metrics
-
-    def _note_unreadable(self, errors: list[str]) -> None:
-        if errors and self.config.strict:
-            raise DatasetError(f"unreadable image: {errors[0]}")
-        self.state.unreadable += len(errors)
-        room = 3 - len(self.state.unreadable_examples)
-        self.state.unreadable_examples += errors[: max(0, room)]
-
-    def _record_loss(self, loss: float) -> None:
-        window = self.state.loss_window
-        window[0] += loss
-        window[1] += 1
-        if self.state.step % self.log_every == 0 or self.state.step == self.total_steps:
-            self.state.loss.append([self.state.step, window[0] / window[1]])
-            self.state.loss_window = [0.0, 0]
-
-    def train(self) -> None:
-        config, accelerator, state = self.config, self.accelerator, self.state
-        loader = make_loader(self.stream, config.batch_size, config.workers, config.seed, pin_memory=accelerator.device.type == "cuda")
-        batch_images = config.batch_size * config.grad_accum
-        self.model.train()
-        while state.step < self.total_steps:
-            epoch, done = divmod(state.step, self.steps_per_epoch)
-            epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
-            self.stream.set_epoch(epoch, skip_batches=done * config.grad_accum)
-            if self.main:
-                self.hooks.epoch_started(epoch, self.epochs, (epoch_end - epoch * self.steps_per_epoch) * batch_images, done * batch_images)
-            step_loss = 0.0
-            for batch in loader:
-                self._note_unreadable([e for e in batch["error"] if e])
-                images = batch["image"].to(accelerator.device, non_blocking=True).float().div_(255)
-                targets = batch["target"].to(accelerator.device, non_blocking=True)
-                if self.augment is not None:
-                    images = self.augment(images)
-                with accelerator.accumulate(self.model):
-                    logits = self.model(images).float()
-                    loss = F.cross_entropy(
-                        logits, targets, ignore_index=IGNORE_INDEX, label_smoothing=config.label_smoothing, reduction="sum"
-                    ) / batch["valid"].sum().clamp(min=1).to(accelerator.device)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.grad_clip > 0:
-                        accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.item() / config.grad_accum
-                if not accelerator.sync_gradients:
-                    continue
-                state.step += 1
-                state.images += batch_images * accelerator.num_processes
-                if self.ema is not None:
-                    self.ema.step(self.unwrapped.parameters())
-                self._record_loss(step_loss)
-                if self.main:
-                    self.hooks.step_finished(state.step, batch_images, step_loss)
-                step_loss = 0.0
-                # Evaluate before checkpointing, so that a run resumed from this step has the evaluation.
-                if config.eval_every is not None:
-                    due = state.step % config.eval_every == 0 or state.step == self.total_steps
-                else:
-                    due = state.step == epoch_end
-                if due:
-                    self.evaluate()
-                if state.step % config.checkpoint_every == 0 and state.step < self.total_steps:
-                    self.save_checkpoint()
-                if state.step >= epoch_end:
-                    break
-            if self.main:
-                self.hooks.epoch_finished(epoch)
-
-    def finish(self) -> DownstreamOutput:
-        from ..eval.plots import plot_curves, plot_matrix
-
-        state = self.state
-        last = self.last  # the loop always ends with an evaluation at the last step
-        best = ClassificationMetrics.from_dict(state.best)
-        if self.main:
-            self.save_classifier("last", last)
-            names = self.label_set.names
-            self._commit_figure(lambda p: plot_matrix(best.confusion, names, names, p, title=f"{self.eval_set.name}, step {state.best['step']}"), "confusion.png")
-            series = {"train loss": [tuple(p) for p in state.loss]}
-            for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1")):
-                series[f"eval {label}"] = [(e["step"], e[key]) for e in state.evals]
-            self._commit_figure(lambda p: plot_curves(series, p, title=f"{self.config.backbone} on {self.config.mode} data"), "curves.png")
-            write_json(self.run / METRICS_NAME, {
-                "best_metric": self.config.best_metric,
-                "best": state.best,
-                "last": {"step": state.step, **last.to_dict()},
-                "history": state.evals,
-                "eval": self._dataset_info(self.eval_set),
-                "train": {"mode": self.config.mode, "steps": state.step, "images": state.images,
-                          "unreadable": state.unreadable, "unreadable_examples": state.unreadable_examples},
-            })
-        self.accelerator.wait_for_everyone()
-        return DownstreamOutput(self.run, state.step, int(state.best["step"]), best, last, state.unreadable)
-
-    def _commit_figure(self, draw, name: str) -> None:
-        tmp = self.run / f".{name}"  # keeps the .png suffix, which names the format
-        draw(tmp)
-        os.replace(tmp, self.run / name)
-
-
-def _reset_accelerate() -> None:
-    # accelerate keeps its settings in process-wide singletons; a later run in the same process
-    # (tests, notebooks) may ask for another precision or accumulation.
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-
-
 def finished_output(run: Path) -> DownstreamOutput:
     """The result of a run that already finished, from its metrics.json."""
     data = json.loads((run / METRICS_NAME).read_text())
@@ -613,7 +282,7 @@ def train_downstream(config: DownstreamConfig, hooks: TrainHooks | None = None) 
     """Train and evaluate one downstream classifier; see the module docstring for the run folder."""
     from accelerate import PartialState
 
-    config.validate()
+    config = resolved_config(config)
     hooks = hooks or TrainHooks()
     # The process layout (accelerate launch) is known before the Accelerator is built.
     main = PartialState(cpu=config.cpu).is_main_process
@@ -621,7 +290,9 @@ def train_downstream(config: DownstreamConfig, hooks: TrainHooks | None = None) 
         if main:
             hooks.log(f"{config.out} is a finished run; its results are in {Path(config.out) / METRICS_NAME}")
         return finished_output(Path(config.out))
-    trainer = _Trainer(config, hooks)
+    from .downstream_loop import DownstreamTrainer
+
+    trainer = DownstreamTrainer(config, hooks)
     try:
         trainer.setup()
         if trainer.main:
@@ -637,4 +308,4 @@ def train_downstream(config: DownstreamConfig, hooks: TrainHooks | None = None) 
         trainer.train()
         return trainer.finish()
     finally:
-        _reset_accelerate()
+        trainer.close()

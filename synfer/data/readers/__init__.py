@@ -13,7 +13,7 @@ for sample in val:                                                # LabelledImag
 from __future__ import annotations
 
 from .base import LabelledDataset, LabelledImage, ReadStats, UnreadableImage
-from .registry import LAYOUTS, Layout, detect_layout, open_labelled, register_layout
+from .layouts import LAYOUTS, Layout, detect_layout, open_labelled, register_layout
 
 # Importing a reader module registers its layouts; detection tries them in this order.
 from . import synfer, affectnet, rafdb, fer2013, folder  # noqa: E402, F401, I001

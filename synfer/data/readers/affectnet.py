@@ -28,7 +28,7 @@ from ...errors import DatasetError
 from ...expressions import Expression, LabelSet
 from .base import ReadStats, split_alias
 from .files import ImageFiles
-from .registry import Layout, register_layout
+from .layouts import Layout, register_layout
 
 LISTS_DIR = "Manually_Annotated_file_lists"
 IMAGES_DIR = "Manually_Annotated_Images"

@@ -18,7 +18,7 @@ from PIL import Image
 from ...errors import DatasetError, LabelError
 from ...expressions import Expression, LabelSet, from_fer2013
 from .base import LabelledDataset, LabelledImage, ReadStats, UnreadableImage, restrict_to_label_set, split_alias
-from .registry import Layout, register_layout
+from .layouts import Layout, register_layout
 
 CSV_NAME = "fer2013.csv"
 USAGE = {"train": "Training", "training": "Training", "val": "PublicTest", "validation": "PublicTest", "test": "PrivateTest"}

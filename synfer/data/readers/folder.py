@@ -17,7 +17,7 @@ from ...errors import ConfigError, DatasetError, LabelError
 from ...expressions import Expression, LabelSet, from_fer2013, from_rafdb, parse_expression
 from .base import IMAGE_SUFFIXES, ReadStats
 from .files import ImageFiles
-from .registry import Layout, register_layout
+from .layouts import Layout, register_layout
 
 NUMBERINGS: dict[str, Callable[[int], Expression]] = {
     "affectnet": parse_expression,

@@ -15,7 +15,7 @@ from ...errors import DatasetError, LabelError
 from ...expressions import LabelSet, from_rafdb
 from .base import ReadStats, split_alias
 from .files import ImageFiles
-from .registry import Layout, register_layout
+from .layouts import Layout, register_layout
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: RAF-DB's own spelling
 ALIGNED_DIR = "Image/aligned"

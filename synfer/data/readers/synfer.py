@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from ...errors import DatasetError
 from ...expressions import Expression, LabelSet
 from ..dataset import SynferDataset
 from ..format import IMAGE_FORMATS, LABELS_DIR, MANIFEST, resolve_inside
 from .base import LabelledDataset, LabelledImage, ReadStats, UnreadableImage, decode_image_bytes, restrict_to_label_set
-from .registry import Layout, register_layout
+from .layouts import Layout, register_layout
 
 RELABEL_COLUMNS = ("key", "label", "keep")
 
@@ -102,6 +101,8 @@ class SynferShards(LabelledDataset):
         wanted = Counter(int(p) for p in positions)
         by_key = {self._keys[p].decode(): p for p in wanted}
         url = self._urls[shard]
+        import webdataset as wds  # it loads torch
+
         samples = iter(wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()))
         try:
             for sample in samples:

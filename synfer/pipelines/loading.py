@@ -7,18 +7,22 @@ read as safetensors only, and no remote code runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, ModelLoadError, first_line
-from .tiny import TINY_NAME
+from ..devices import resolve_device, resolve_dtype
+from ..errors import ModelLoadError, first_line
+from ..models.tiny import TINY_NAME, tiny_components
+
+logger = logging.getLogger(__name__)
 
 MODEL_ENV = "SYNFER_MODEL"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TINY_WARNING = "model 'tiny' is a smoke-test model with random weights: its images are not faces"
+_HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 NO_MODEL_MESSAGE = (
     "no model given: pass --model PATH (a synfer model folder, or a Stable Diffusion 1.5 folder with "
@@ -26,30 +30,19 @@ NO_MODEL_MESSAGE = (
 )
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` (CUDA, then MPS, then CPU) or any name torch accepts."""
-    if device in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r} (accepted: auto, cpu, cuda, cuda:N, mps)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is available (use --device cpu)")
-    return resolved
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a model hub id (``org/name``) rather than a local path."""
+    return bool(_HUB_ID_PATTERN.match(name)) and not name.startswith((".", "~"))
 
 
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """``auto`` is float16 on CUDA and float32 elsewhere."""
-    if dtype in (None, "", "auto"):
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r} (accepted: auto, {', '.join(DTYPES)})")
-    return DTYPES[dtype]
+def tiny_pipeline(seed: int = 0):
+    """The tiny SynFER pipeline (random weights, CPU, float32) for smoke tests."""
+    from .pipeline_synfer import SynFERPipeline
+
+    logger.warning(TINY_WARNING)
+    pipe = SynFERPipeline(**tiny_components(seed))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def resolve_model_name(model: str | None) -> str:
@@ -62,7 +55,7 @@ def resolve_model_name(model: str | None) -> str:
 
 def load_au_adapter(path: str | os.PathLike):
     """An :class:`AUAdapter` from a folder with ``config.json`` and safetensors weights."""
-    from .au_adapter import AUAdapter
+    from ..models.au_adapter import AUAdapter
 
     folder = Path(path)
     if not folder.is_dir():
@@ -87,7 +80,7 @@ def load_pipeline(
 
     ``adapter`` (a folder) replaces the model's own adapter, or adds one to a plain SD1.5 folder.
     """
-    from ..pipelines.pipeline_synfer import SynFERPipeline
+    from .pipeline_synfer import SynFERPipeline
 
     name = resolve_model_name(model)
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -95,8 +88,6 @@ def load_pipeline(
     extra = {} if adapter is None else {"au_adapter": load_au_adapter(adapter)}
 
     if name == TINY_NAME:
-        from .tiny import tiny_pipeline
-
         pipe = tiny_pipeline(seed)
         if "au_adapter" in extra:
             pipe.load_au_adapter(extra["au_adapter"])
@@ -111,7 +102,7 @@ def load_pipeline(
                     "give a synfer model or a Stable Diffusion 1.5 folder"
                 )
             source, local_only = str(local), True
-        elif _HUB_ID.match(name) and not name.startswith((".", "~")):
+        elif is_hub_id(name):
             source, local_only = name, bool(os.environ.get("HF_HUB_OFFLINE"))
         else:
             raise ModelLoadError(f"model folder {name!r} does not exist (and it is not a hub id such as org/name)")

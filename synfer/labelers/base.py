@@ -1,20 +1,22 @@
-"""Labelers: anything that gives class probabilities for a batch of images, and a registry of kinds.
+"""Labelers: anything that gives class probabilities for a batch of images, and the registry of kinds.
 
 A labeler is named on the command line as ``KIND:PATH`` (``classifier:runs/resnet``,
-``feranno:runs/annotator``); :func:`load_labeler` looks the kind up in :data:`LABELER_KINDS`. A new kind
-is one :func:`register_labeler` call, not another branch in the commands that use labelers.
+``feranno:runs/annotator``); :func:`load_labeler` looks the kind up in :data:`LABELERS`. A new kind is
+one ``LABELERS.register`` call, not another branch in the commands that use labelers. Factories import
+their models on call, so listing the kinds loads no torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
-
-from ..errors import ConfigError
 from ..expressions import LabelSet
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -51,42 +53,23 @@ class Labeler(Protocol):
         ...
 
 
-LabelerFactory = Callable[[str, torch.device], Labeler]
-LABELER_KINDS: dict[str, LabelerFactory] = {}
-
-
-def register_labeler(kind: str) -> Callable[[LabelerFactory], LabelerFactory]:
-    """Decorator: ``factory(path, device)`` builds a labeler of ``kind``."""
-
-    def decorate(factory: LabelerFactory) -> LabelerFactory:
-        if kind in LABELER_KINDS:
-            raise ConfigError(f"labeler kind {kind!r} is already registered")
-        LABELER_KINDS[kind] = factory
-        return factory
-
-    return decorate
-
-
-def parse_labeler_spec(spec: str) -> tuple[str, str]:
-    """``"KIND:PATH"`` -> (kind, path), checking that the kind is registered."""
-    kind, sep, path = spec.partition(":")
-    if not sep or not path or not kind:
-        raise ConfigError(f"a labeler is KIND:PATH, got {spec!r} (kinds: {', '.join(sorted(LABELER_KINDS))})")
-    if kind not in LABELER_KINDS:
-        raise ConfigError(f"unknown labeler kind {kind!r} in {spec!r} (accepted: {', '.join(sorted(LABELER_KINDS))})")
-    return kind, path
+LabelerFactory = Callable[[str, "torch.device"], Labeler]
+LABELERS: Registry[LabelerFactory] = Registry("labeler kind")
 
 
 def load_labeler(spec: str, device: str | torch.device = "cpu") -> Labeler:
-    kind, path = parse_labeler_spec(spec)
-    return LABELER_KINDS[kind](path, torch.device(device) if isinstance(device, str) else device)
+    """The labeler named by ``KIND:PATH`` (e.g. ``classifier:runs/resnet``) on ``device``."""
+    from ..devices import resolve_device
+
+    kind, path = LABELERS.parse(spec)
+    return LABELERS[kind](path, resolve_device(device))
 
 
 # -- built-in kinds ----------------------------------------------------------------------------------
 
 
 class ClassifierLabeler:
-    """A FER classifier (``synfer.labelers.classifier``) as a labeler: softmax over its logits."""
+    """A FER classifier (``synfer.models.classifier``) as a labeler: softmax over its logits."""
 
     kind = "classifier"
 
@@ -105,21 +88,23 @@ class ClassifierLabeler:
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    @torch.no_grad()
     def predict(self, batch: LabelBatch) -> torch.Tensor:
+        import torch
+
         parameter = next(self.classifier.parameters())
-        logits = self.classifier(batch.images.to(device=parameter.device, dtype=parameter.dtype))
+        with torch.no_grad():
+            logits = self.classifier(batch.images.to(device=parameter.device, dtype=parameter.dtype))
         return logits.float().softmax(dim=-1).cpu()
 
 
-@register_labeler("classifier")
+@LABELERS.register("classifier")
 def _load_classifier(path: str, device: torch.device) -> ClassifierLabeler:
-    from .classifier import load_classifier
+    from ..models.classifier import load_classifier
 
     return ClassifierLabeler(load_classifier(path, device=device), source=path)
 
 
-@register_labeler("feranno")
+@LABELERS.register("feranno")
 def _load_feranno(path: str, device: torch.device) -> Labeler:
     from .feranno import FERAnno  # diffusers and the diffusion model load only when asked for
 

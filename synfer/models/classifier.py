@@ -19,7 +19,8 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from ..expressions import LabelSet, get_label_set, parse_expression
-from ..models.classifiers import PooledBackbone, backbone_spec, create_backbone
+from .backbone_specs import BACKBONES
+from .backbones import PooledBackbone, create_backbone
 
 CLASSIFIER_FORMAT = "synfer-fer-classifier"
 CLASSIFIER_VERSION = 1
@@ -101,7 +102,7 @@ def create_classifier(
     dropout: float = 0.0,
 ) -> FERClassifier:
     """A new FER classifier: registered ``backbone``, random or pretrained ``weights``, a fresh head."""
-    spec = backbone_spec(backbone)
+    spec = BACKBONES[backbone]
     label_set = label_set if isinstance(label_set, LabelSet) else get_label_set(label_set)
     return FERClassifier(
         create_backbone(backbone, weights), backbone, label_set, input_size or spec.input_size, spec.mean, spec.std, dropout

@@ -19,9 +19,9 @@ from typing import Protocol
 
 import numpy as np
 
-from ..aus import AU_TABLE, AUVector
-from ..errors import ConfigError
-from ..expressions import Expression, parse_expression
+from .aus import AU_TABLE, AUVector
+from .errors import ConfigError
+from .expressions import Expression, parse_expression
 
 logger = logging.getLogger(__name__)
 

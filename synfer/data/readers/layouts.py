@@ -1,4 +1,4 @@
-"""The registry of on-disk layouts, auto-detection, and ``open_labelled``."""
+"""The registry of on-disk layouts of labelled FER datasets, auto-detection, and ``open_labelled``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ...errors import ConfigError, DatasetError
 from ...expressions import LabelSet, get_label_set
+from ...registry import Registry
 from .base import LabelledDataset
 
 
@@ -27,18 +28,16 @@ class Layout:
     options: tuple[str, ...] = ()
 
 
-LAYOUTS: dict[str, Layout] = {}
+# Detection tries the layouts in registration order (see the package's __init__).
+LAYOUTS: Registry[Layout] = Registry("dataset layout")
 
 
 def register_layout(layout: Layout) -> Layout:
-    if layout.name in LAYOUTS:
-        raise ConfigError(f"dataset layout {layout.name!r} is already registered")
-    LAYOUTS[layout.name] = layout
-    return layout
+    return LAYOUTS.register(layout.name, layout)
 
 
 def _expected() -> str:
-    return "; ".join(f"{layout.name}: {layout.expects}" for layout in LAYOUTS.values())
+    return "; ".join(f"{layout.name}: {layout.expects}" for _, layout in LAYOUTS.items())
 
 
 def detect_layout(path: str | Path) -> Layout:
@@ -46,7 +45,7 @@ def detect_layout(path: str | Path) -> Layout:
     root = Path(path)
     if not root.exists():
         raise DatasetError(f"dataset {str(path)!r} does not exist")
-    for layout in LAYOUTS.values():
+    for _, layout in LAYOUTS.items():
         if layout.detect(root):
             return layout
     raise DatasetError(f"{str(path)!r} matches no known dataset layout; expected one of: {_expected()}")
@@ -70,12 +69,10 @@ def open_labelled(
     label_set = classes if isinstance(classes, LabelSet) else get_label_set(classes)
     if layout is None:
         chosen = detect_layout(path)
-    elif layout in LAYOUTS:
+    else:
         chosen = LAYOUTS[layout]
         if not Path(path).exists():
             raise DatasetError(f"dataset {str(path)!r} does not exist")
-    else:
-        raise ConfigError(f"unknown dataset layout {layout!r} (accepted: {', '.join(LAYOUTS)})")
     given = {key: value for key, value in options.items() if value not in (None, False)}
     foreign = sorted(set(given) - set(chosen.options))
     if foreign:
