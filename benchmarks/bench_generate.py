@@ -1,7 +1,8 @@
 """Dataset generation at two sizes: does the cost per sample stay flat, and does anything pile up?
 
-The tiny preset makes n=64 (the baseline) and n=2,048 samples with ``generate_dataset``, each size in a
-fresh child process with one torch thread, after one warm-up shard. Reported per size: wall and CPU
+The tiny preset makes n=64 (the baseline) and n=2,048 samples with ``synfer.generate`` (what the command
+runs), each size in a fresh child process with one torch thread, after one warm-up dataset. Times
+cover the generation loop only (the reporter's progress context), not loading the model. Reported per size: wall and CPU
 seconds per sample (CPU seconds do not count time lost to other programs on a shared machine), the
 share of wall time spent in the shard writer (PNG encoding, tar, fsync, parquet index), and RSS: peak,
 above the start, and its growth over the second half of the run (allocator and kernel caches fill
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,16 +43,41 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class LoopClock:
+    """A reporter that times the generation loop (wall and CPU) and samples RSS half-way through it."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.wall = self.cpu = 0.0
+        self.rss_start = self.rss_half = self.rss_end = None
+
+    def log(self, message: str) -> None:
+        pass
+
+    @contextmanager
+    def progress(self, description, total, completed=0, unit="img", show=True):
+        made = 0
+
+        def advance(k: int = 1) -> None:
+            nonlocal made
+            made += k
+            if self.rss_half is None and made >= self.n // 2:
+                self.rss_half = _rss_mb()
+
+        self.rss_start = _rss_mb()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        yield advance
+        self.wall, self.cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+        self.rss_end = _rss_mb()
+
+
 def child(n: int, steps: int, batch: int, threads: int) -> dict:
-    """Generate n samples into a temporary folder; time the whole run and the writer's part of it."""
+    """Generate n samples into a temporary folder; time the generation loop and the writer's part of it."""
     import torch
     from diffusers.utils import logging as diffusers_logging
 
+    from synfer import GenerateConfig, generate
     from synfer.data import writer as writer_module
-    from synfer.pipelines.loading import tiny_pipeline
-    from synfer.prompts import PromptBuilder
-    from synfer.synth.plan import PlanConfig, Planner
-    from synfer.synth.runner import RenderConfig, build_manifest, generate_dataset, prepare_output
 
     diffusers_logging.set_verbosity_error()
     torch.set_num_threads(threads)
@@ -70,36 +97,17 @@ def child(n: int, steps: int, batch: int, threads: int) -> dict:
     for name in ("__init__", "write", "commit"):
         setattr(writer_module.ShardWriter, name, timed(getattr(writer_module.ShardWriter, name)))
 
-    pipe = tiny_pipeline(0)
-    pipe.set_progress_bar_config(disable=True)
-    render = RenderConfig(steps=steps, height=32, width=32)
-    planner = Planner(PlanConfig(n=n, distribution="affectnet"), PromptBuilder(pipe.tokenizer))
+    options = dict(model="tiny", steps=steps, batch_size=batch, device="cpu")
     with tempfile.TemporaryDirectory() as folder:
-        # One warm-up shard, not counted: first-call kernel set-up and the writer's lazy imports.
-        warm = Planner(PlanConfig(n=batch, base_seed=1), PromptBuilder(pipe.tokenizer))
-        prepare_output(Path(folder) / "warm", build_manifest(warm, render, {"name": "tiny"}))
-        generate_dataset(pipe, warm, render, Path(folder) / "warm", batch_size=batch)
+        # One warm-up dataset, not counted: first-call kernel set-up and the writer's lazy imports.
+        generate(GenerateConfig(str(Path(folder) / "warm"), n=batch, seed=1, **options))
         writer_seconds = 0.0
-
-        out = Path(folder) / "d"
-        prepare_output(out, build_manifest(planner, render, {"name": "tiny"}))
-        rss_before = _rss_mb()
-        made, rss_half = 0, None
-
-        def progress(k: int) -> None:
-            nonlocal made, rss_half
-            made += k
-            if rss_half is None and made >= n // 2:
-                rss_half = _rss_mb()
-
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
-        generate_dataset(pipe, planner, render, out, batch_size=batch, on_progress=progress)
-        wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-        rss_end = _rss_mb()
+        clock = LoopClock(n)
+        generate(GenerateConfig(str(Path(folder) / "d"), n=n, distribution="affectnet", **options), clock)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "n": n, "wall_s": wall, "cpu_s": cpu, "writer_s": writer_seconds, "peak_rss_mb": peak,
-        "rss_growth_mb": peak - rss_before, "rss_second_half_mb": rss_end - rss_half,
+        "n": n, "wall_s": clock.wall, "cpu_s": clock.cpu, "writer_s": writer_seconds, "peak_rss_mb": peak,
+        "rss_growth_mb": peak - clock.rss_start, "rss_second_half_mb": clock.rss_end - clock.rss_half,
     }
 
 
@@ -108,7 +116,7 @@ def plan_5x_seconds() -> float:
 
     planner = Planner(PlanConfig(n=scaled_size("5x"), distribution="affectnet"))
     start = time.perf_counter()
-    planner.apportionment
+    assert len(planner.apportionment.labels) == planner.config.n  # computed on first use
     return time.perf_counter() - start
 
 

@@ -91,7 +91,8 @@ def main() -> None:
 
     memory = {}
     for variant in pipes:
-        child = [sys.executable, __file__, "--memory-probe", variant, "--steps", str(args.steps), "--batch", str(args.batch), "--device", args.device]
+        child = [sys.executable, __file__, "--memory-probe", variant, "--steps", str(args.steps), "--batch", str(args.batch),
+                 "--device", args.device]
         memory[variant] = float(subprocess.run(child, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
     for variant in pipes:

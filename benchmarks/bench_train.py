@@ -129,7 +129,7 @@ def bench_source(name: str, root: Path, args, device) -> None:
     dataset = open_labelled(root)
     size = args.image_size
     # The baseline's memory: the same images, decoded and resized once, exactly as the workers do.
-    loaded = [b for b in make_loader(EvalStream(dataset, dataset.label_set, size), 64, 0, 0)]
+    loaded = list(make_loader(EvalStream(dataset, dataset.label_set, size), 64, 0, 0))
     images, targets = torch.cat([b["image"] for b in loaded]), torch.cat([b["target"] for b in loaded])
     stream = TrainStream([Source(dataset, len(dataset))], dataset.label_set, size, 0,
                          StreamShape(args.batch, workers=args.workers), shuffle_buffer=args.batch * 4)

@@ -64,5 +64,35 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'synfer' has no attribute {name!r}")
 
 
-__all__ = sorted([*_LAZY, "AFFECTNET7", "AFFECTNET8", "AU_NAMES", "AUVector", "Expression", "LabelSet", "SynferError",
-                  "nearest_expression", "prototype", "__version__"])
+__all__ = [
+    "__version__",
+    "AFFECTNET7",
+    "AFFECTNET8",
+    "AnnotatorConfig",
+    "AnnotatorOutput",
+    "AU_NAMES",
+    "AUAdapter",
+    "AUVector",
+    "DownstreamConfig",
+    "DownstreamOutput",
+    "Expression",
+    "generate",
+    "GenerateConfig",
+    "GenerateResult",
+    "LabelSet",
+    "LayoutInit",
+    "LayoutReferences",
+    "load_pipeline",
+    "nearest_expression",
+    "PromptBuilder",
+    "prototype",
+    "relabel",
+    "RelabelConfig",
+    "RelabelOutput",
+    "SemanticGuidance",
+    "SynferError",
+    "SynFEROutput",
+    "SynFERPipeline",
+    "train_annotator",
+    "train_downstream",
+]

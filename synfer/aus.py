@@ -123,7 +123,7 @@ class AUVector:
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, intensities: Mapping[str, float], unknown: Iterable[str] = ()) -> "AUVector":
+    def from_dict(cls, intensities: Mapping[str, float], unknown: Iterable[str] = ()) -> AUVector:
         """From ``{"AU6": 2.5, "R14": 1}``; names listed in ``unknown`` are marked unknown."""
         values = np.zeros(NUM_AUS, np.float32)
         known = np.ones(NUM_AUS, bool)
@@ -134,7 +134,7 @@ class AUVector:
         return cls(values, known)
 
     @classmethod
-    def parse(cls, text: str, present_intensity: float = DEFAULT_PRESENT_INTENSITY) -> "AUVector":
+    def parse(cls, text: str, present_intensity: float = DEFAULT_PRESENT_INTENSITY) -> AUVector:
         """Parse ``"6,12"``, ``"AU6:2.5,AU12:4"``, ``"L12,R14"``, ``"AU12C"``, ``"AU9:?"`` or ``"none"``.
 
         Items are separated by commas, ``+`` or spaces. An AU without an intensity gets
@@ -182,7 +182,7 @@ class AUVector:
         return cls(intensities, known)
 
     @classmethod
-    def coerce(cls, value: "AUVector | str | Mapping[str, float]") -> "AUVector":
+    def coerce(cls, value: AUVector | str | Mapping[str, float]) -> AUVector:
         """Accept an ``AUVector``, a string for :meth:`parse` or a mapping for :meth:`from_dict`."""
         if isinstance(value, AUVector):
             return value
@@ -241,7 +241,7 @@ class AUVector:
     def __hash__(self) -> int:
         return hash((self._values.tobytes(), self._known.tobytes()))
 
-    def replace(self, **intensities: float) -> "AUVector":
+    def replace(self, **intensities: float) -> AUVector:
         """A copy with some slots set, e.g. ``v.replace(AU6=2.0, R14=1.0)``."""
         values = self._values.copy()
         known = self._known.copy()
@@ -251,7 +251,7 @@ class AUVector:
             known[slot] = True
         return AUVector(values, known)
 
-    def similarity(self, other: "AUVector") -> float:
+    def similarity(self, other: AUVector) -> float:
         """Weighted Jaccard over slots known in both: sum(min) / sum(max); 1.0 when both are empty."""
         both = self._known & other._known
         a, b = self._values[both], other._values[both]
@@ -302,7 +302,7 @@ PROTOTYPE_AUS: dict[Expression, tuple[str, ...]] = {
 def prototype(expression: Expression | int, intensity: float = DEFAULT_PRESENT_INTENSITY) -> AUVector:
     """The expression's prototype AUs, each at ``intensity``."""
     names = PROTOTYPE_AUS[Expression(int(expression))]
-    return AUVector.from_dict({name: intensity for name in names})
+    return AUVector.from_dict(dict.fromkeys(names, intensity))
 
 
 def nearest_expression(

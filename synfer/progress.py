@@ -32,5 +32,7 @@ class SilentReporter:
         pass
 
     @contextmanager
-    def progress(self, description: str, total: int, completed: int = 0, unit: str = "img", show: bool = True) -> Iterator[Callable[[int], None]]:
+    def progress(
+        self, description: str, total: int, completed: int = 0, unit: str = "img", show: bool = True
+    ) -> Iterator[Callable[[int], None]]:
         yield lambda k=1: None

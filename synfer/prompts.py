@@ -139,7 +139,7 @@ class SubjectAttributes:
     camera: str
 
     @classmethod
-    def draw(cls, seed: int, index: int = 0) -> "SubjectAttributes":
+    def draw(cls, seed: int, index: int = 0) -> SubjectAttributes:
         """Balanced, deterministic draw for sample ``index`` of a dataset with base ``seed``.
 
         For an attribute with k options, indices ``b*k .. b*k+k-1`` use a seeded permutation of the

@@ -17,6 +17,7 @@ from typing import Generic, TypeVar, overload
 from .errors import ConfigError
 
 T = TypeVar("T")
+_DECORATE = object()  # register(name) without an entry returns a decorator; None is a valid entry
 
 
 class Registry(Generic[T]):
@@ -36,7 +37,7 @@ class Registry(Generic[T]):
     @overload
     def register(self, name: str, entry: T) -> T: ...
 
-    def register(self, name, entry=None):
+    def register(self, name, entry=_DECORATE):
         """Add ``entry`` under ``name``; without ``entry``, a decorator that adds what it decorates."""
 
         def add(item: T) -> T:
@@ -47,7 +48,7 @@ class Registry(Generic[T]):
             self._entries[name] = item
             return item
 
-        return add if entry is None else add(entry)
+        return add if entry is _DECORATE else add(entry)
 
     def get(self, name: str) -> T:
         try:

@@ -4,9 +4,10 @@ import json
 
 from typer.testing import CliRunner
 
-from fer_layouts import write_folder
 from synfer.cli import app
 from synfer.expressions import Expression
+
+from fer_layouts import write_folder
 
 runner = CliRunner()
 

@@ -106,7 +106,7 @@ def test_fits_stable_diffusion_15_on_meta():
     assert len(layers) == 16
     widths = sorted(m.to_k.out_features for _, m in layers)
     assert widths == [320] * 5 + [640] * 5 + [1280] * 6
-    for (name, module), k, v in zip(layers, adapter.to_k_au, adapter.to_v_au):
+    for (_name, module), k, v in zip(layers, adapter.to_k_au, adapter.to_v_au):
         assert isinstance(module.processor, AUAttnProcessor)
         assert k.weight.shape == module.to_k.weight.shape == (module.to_k.out_features, 768)
         assert v.weight.shape == module.to_v.weight.shape

@@ -10,8 +10,8 @@ from synfer.aus import (
     NUM_AUS,
     PROTOTYPE_AUS,
     AUVector,
-    from_opengraphau,
     from_openface,
+    from_opengraphau,
     from_pyfeat,
     nearest_expression,
     prototype,
@@ -20,10 +20,11 @@ from synfer.aus import (
 from synfer.errors import AUError, SynferError
 from synfer.expressions import AFFECTNET7, Expression
 
-OPENGRAPHAU_ORDER = (
-    "AU1 AU2 AU4 AU5 AU6 AU7 AU9 AU10 AU11 AU12 AU13 AU14 AU15 AU16 AU17 AU18 AU19 AU20 AU22 AU23 AU24 AU25 "
-    "AU26 AU27 AU32 AU38 AU39 L1 R1 L2 R2 L4 R4 L6 R6 L10 R10 L12 R12 L14 R14"
-).split()
+OPENGRAPHAU_ORDER = [
+    "AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU10", "AU11", "AU12", "AU13", "AU14", "AU15", "AU16", "AU17", "AU18",
+    "AU19", "AU20", "AU22", "AU23", "AU24", "AU25", "AU26", "AU27", "AU32", "AU38", "AU39",
+    "L1", "R1", "L2", "R2", "L4", "R4", "L6", "R6", "L10", "R10", "L12", "R12", "L14", "R14",
+]
 
 
 def test_table_is_opengraphau_order_with_a_phrase_for_every_slot():

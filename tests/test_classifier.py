@@ -5,9 +5,9 @@ import torch
 
 from synfer.errors import ConfigError, LabelError, ModelLoadError
 from synfer.expressions import AFFECTNET7, AFFECTNET8
-from synfer.models.classifier import create_classifier, load_classifier
 from synfer.models.backbone_specs import BACKBONES
 from synfer.models.backbones import create_backbone
+from synfer.models.classifier import create_classifier, load_classifier
 
 
 @pytest.mark.parametrize("name", ["tiny-resnet", "tiny-convnext", "tiny-vit"])

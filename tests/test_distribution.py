@@ -178,7 +178,8 @@ def test_kid_is_unbiased_over_many_draws():
     for seed in range(300):
         x, y = gaussian(40, 0.0, 1.0, 2 * seed), gaussian(40, 0.0, 1.0, 2 * seed + 1)
         values.append(kernel_distance(x, y, subsets=1, subset_size=40).mean)
-        k = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3
+        def k(a, b):
+            return (a @ b.T / a.shape[1] + 1) ** 3
         biased.append(k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean())  # the V-statistic, diagonals included
     values, biased = np.array(values), np.array(biased)
     standard_error = values.std() / np.sqrt(len(values))

@@ -10,11 +10,11 @@ from PIL import Image
 from synfer.errors import ConfigError, ModelLoadError
 from synfer.expressions import AFFECTNET8, Expression
 from synfer.labelers.feranno import (
+    AttentionRecorder,
     FeatureConfig,
     FERAnno,
     FERAnnoFeatureExtractor,
     FERAnnoHead,
-    AttentionRecorder,
     cross_attention_blocks,
     parse_blocks,
 )

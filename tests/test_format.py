@@ -27,10 +27,9 @@ def test_keys_and_ranges():
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "file.txt"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
     assert list(tmp_path.iterdir()) == []
     with atomic_path(target) as tmp:
         tmp.write_text("whole")
@@ -40,10 +39,9 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 def test_shard_writer_commits_tar_before_index_and_aborts_cleanly(tmp_path):
     (tmp_path / "shards").mkdir()
     image = Image.new("RGB", (8, 8), (10, 20, 30))
-    with pytest.raises(RuntimeError):
-        with ShardWriter(tmp_path, 0) as writer:
-            writer.write(ROW, image, {"key": ROW["key"]})
-            raise RuntimeError("crash mid-shard")
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path, 0) as writer:
+        writer.write(ROW, image, {"key": ROW["key"]})
+        raise RuntimeError("crash mid-shard")
     assert list((tmp_path / "shards").iterdir()) == [] and done_shards(tmp_path) == set()
     with ShardWriter(tmp_path, 0, "webp") as writer:
         writer.write(ROW, image, {"key": ROW["key"]})

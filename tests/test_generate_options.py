@@ -6,9 +6,9 @@ from typer.testing import CliRunner
 
 from synfer.aus import AUVector
 from synfer.cli import app
-from synfer.synth.generate import GenerateConfig
 from synfer.data.format import read_manifest
 from synfer.synth.au_sources import load_au_table
+from synfer.synth.generate import GenerateConfig
 
 runner = CliRunner()
 FAST = ["generate", "--model", "tiny", "--steps", "1", "--batch-size", "4"]

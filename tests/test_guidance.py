@@ -325,7 +325,8 @@ def test_generate_with_guidance_records_it_and_refuses_other_settings_on_resume(
     ],
 )
 def test_generate_guidance_bad_values_are_one_line_exit_2(tmp_path, classifier_folders, args, fragment):
-    result = runner.invoke(app, [*FAST, "--n", "2", "--out", str(tmp_path / "x"), "--guidance-model", str(classifier_folders / "affectnet8"), *args])
+    classifier = str(classifier_folders / "affectnet8")
+    result = runner.invoke(app, [*FAST, "--n", "2", "--out", str(tmp_path / "x"), "--guidance-model", classifier, *args])
     assert result.exit_code == 2, result.output
     assert fragment in result.stderr and "Traceback" not in result.output + result.stderr
 

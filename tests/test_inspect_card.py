@@ -58,7 +58,7 @@ def test_card_counts_aus_config_and_loading(made):
     assert "| neutral | none |" in card
     summary = summarize(SynferDataset(made))
     happy = summary.labels.index("happy")
-    frequency = dict((au, share) for au, share, _ in summary.au_frequency(happy))
+    frequency = {au: share for au, share, _ in summary.au_frequency(happy)}
     assert frequency["AU12"] >= 0.5 and f"AU12 {frequency['AU12']:.0%}" in card
     assert "wds.WebDataset(\"shards/{00000..00002}.tar\"" in card and 'load_dataset("webdataset"' in card
     assert "- model: `tiny`" in card and "2 steps" in card and "32x32 png" in card
@@ -71,7 +71,8 @@ def test_preview_has_one_row_per_expression(made):
     white = (255, 255, 255)
 
     def filled(row, column):
-        return pixels.getpixel((PREVIEW_LABEL_WIDTH + column * PREVIEW_CELL + PREVIEW_CELL // 2, row * PREVIEW_CELL + PREVIEW_CELL // 2)) != white
+        centre = (PREVIEW_LABEL_WIDTH + column * PREVIEW_CELL + PREVIEW_CELL // 2, row * PREVIEW_CELL + PREVIEW_CELL // 2)
+        return pixels.getpixel(centre) != white
 
     # neutral (row 0) and sad (row 2) have 3 samples, happy 6; surprise has none.
     assert [filled(0, c) for c in range(4)] == [True, True, True, False]
@@ -105,7 +106,8 @@ def test_shards_load_with_webdataset_and_hugging_face_datasets(made, tmp_path):
     assert sorted(loaded["__key__"]) == [f"{i:09d}" for i in range(N)]
     row = next(r for r in loaded if r["__key__"] == "000000003")
     assert row["png"].size == (32, 32) and row["json"]["label_name"] == labels_in_index(made)[3]
-    index = datasets.load_dataset("parquet", data_files=str(made / "shards" / "*.parquet"), split="train", cache_dir=str(tmp_path / "cache"))
+    files = str(made / "shards" / "*.parquet")
+    index = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "cache"))
     assert sorted(index["key"]) == [f"{i:09d}" for i in range(N)]
 
 

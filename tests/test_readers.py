@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synfer.data.readers import LAYOUTS, LabelledImage, UnreadableImage, detect_layout, open_labelled
+from synfer.errors import ConfigError, DatasetError
+from synfer.expressions import AFFECTNET7, AFFECTNET8, Expression
+
 from fer_layouts import (
     COLOURS,
     SEVEN,
@@ -17,9 +21,6 @@ from fer_layouts import (
     write_relabel,
     write_synfer,
 )
-from synfer.data.readers import LAYOUTS, LabelledImage, UnreadableImage, detect_layout, open_labelled
-from synfer.errors import ConfigError, DatasetError
-from synfer.expressions import AFFECTNET7, AFFECTNET8, Expression
 
 WRITERS = {
     "affectnet-csv": write_affectnet_csv,
@@ -172,7 +173,8 @@ def test_synfer_dataset_from_synfer_generate(tmp_path):
     from synfer.cli import app
 
     out = tmp_path / "gen"
-    result = CliRunner().invoke(app, ["generate", "--model", "tiny", "--steps", "1", "--n", "4", "--label", "fear", "--shard-size", "3", "--out", str(out)])
+    args = ["generate", "--model", "tiny", "--steps", "1", "--n", "4", "--label", "fear", "--shard-size", "3", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     samples = list(open_labelled(out))
     assert [s.source for s in samples] == [f"{i:09d}" for i in range(4)]

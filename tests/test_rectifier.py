@@ -4,8 +4,8 @@ import torch
 
 from synfer.errors import ConfigError, LabelError
 from synfer.expressions import AFFECTNET7, AFFECTNET8, Expression
-from synfer.labelers.rectifier import POLICIES, Rectifier
 from synfer.labelers.base import LABELERS, LabelBatch, load_labeler
+from synfer.labelers.rectifier import POLICIES, Rectifier
 
 
 class FixedLabeler:
@@ -120,8 +120,8 @@ def test_labeler_specs_go_through_the_registry(tmp_path):
 
 
 def test_classifier_labeler_probabilities_and_fingerprint():
-    from synfer.models.classifier import create_classifier
     from synfer.labelers.base import ClassifierLabeler
+    from synfer.models.classifier import create_classifier
 
     torch.manual_seed(0)
     model = create_classifier("tiny-resnet", "affectnet7")  # has BatchNorm step counters (0-dim tensors)

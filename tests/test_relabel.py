@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from synfer.cli import app
 from synfer.data.dataset import SynferDataset
 from synfer.expressions import AFFECTNET8, Expression
-from synfer.models.classifier import create_classifier
-from synfer.labelers.rectifier import Rectifier
 from synfer.labelers.base import load_labeler
+from synfer.labelers.rectifier import Rectifier
 from synfer.labelers.relabel import relabel_dataset, work_dir
+from synfer.models.classifier import create_classifier
 
 runner = CliRunner()
 HAPPY = int(Expression.HAPPY)
@@ -115,7 +115,8 @@ def test_confident_happy_labeler_relabels_and_mean_combines(made, dataset):
     assert strict.exit_code == 0, strict.output
     assert not column(pq.read_table(dataset / "labels" / "strict.parquet"), "keep").any()  # mean confidence ≈ 0.51
     weighted = relabel(
-        dataset, "--labeler", made["happy"], "--labeler", made["sad"], "--name", "w", "--policy", "weighted", "--weight", "1", "--weight", "3"
+        dataset, "--labeler", made["happy"], "--labeler", made["sad"], "--name", "w", "--policy", "weighted",
+        "--weight", "1", "--weight", "3"
     )
     assert weighted.exit_code == 0, weighted.output
     assert column(pq.read_table(dataset / "labels" / "w.parquet"), "label").tolist() == [int(Expression.SAD)] * 8

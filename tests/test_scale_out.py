@@ -35,7 +35,7 @@ def synfer_command(out: Path) -> list[str]:
 
 
 def contents(root: Path) -> dict[str, bytes]:
-    names = [p for p in (root / "shards").iterdir()] + [root / "README.md", root / "preview.png"]
+    names = list((root / "shards").iterdir()) + [root / "README.md", root / "preview.png"]
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(names)}
 
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from fer_layouts import write_folder, write_synfer
 from synfer.data.readers import open_labelled
 from synfer.errors import DatasetError
 from synfer.train.data import EvalStream, Source, StreamShape, TrainStream, draw, make_loader
+
+from fer_layouts import write_folder, write_synfer
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,13 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from fer_layouts import write_affectnet_csv, write_folder, write_synfer
 from synfer.cli import app
 from synfer.data.readers import open_labelled
 from synfer.expressions import AFFECTNET7, Expression
 from synfer.models.classifier import load_classifier
 from synfer.train.downstream import DownstreamConfig, TrainHooks, train_downstream
+
+from fer_layouts import write_affectnet_csv, write_folder, write_synfer
 
 runner = CliRunner()
 TINY = dict(backbone="tiny-resnet", batch_size=8, cpu=True)
@@ -177,8 +178,9 @@ def test_unreadable_training_images_are_counted_or_fatal_with_strict(tmp_path):
 
 
 def test_resume_refuses_changed_data(tmp_path):
-    from fer_layouts import face
     from synfer.errors import ConfigError
+
+    from fer_layouts import face
 
     root = write_folder(tmp_path / "faces", per_class=2)
     options = dict(mode="real-only", real=str(root), epochs=2, workers=0, checkpoint_every=1, out=str(tmp_path / "run"), **TINY)

@@ -80,7 +80,7 @@ def test_undrawn_slots_change_nothing():
     identity = _plain()
     undrawn = [name for name in AU_NAMES if name not in DRAWN_AUS]
     assert undrawn  # e.g. AU13, AU18, AU22: unknown in the world's ground truth
-    assert _change(identity, {name: 5.0 for name in undrawn}).max() == 0
+    assert _change(identity, dict.fromkeys(undrawn, 5.0)).max() == 0
 
 
 @pytest.mark.parametrize("number", [1, 2, 4, 6, 10, 12, 14])

@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 
 from ..data.format import IMAGE_FORMATS
+from ..pipelines.schedulers import SCHEDULERS
 from ..pipelines.steering import NORMALIZATIONS
 from ..synth.au_sources import AU_SOURCES
-from ..synth.generate import GenerateConfig as C
 from ..synth.generate import MODEL_ENV
+from ..synth.generate import GenerateConfig as C
 from ..synth.plan import LABEL_DISTRIBUTIONS
 from . import app
 from ._common import RichReporter, console, quiet_libraries
@@ -69,6 +70,9 @@ def generate(
     layout_dir: Path = typer.Option(C.layout_dir, "--layout-dir", help="Reference faces: each sample starts from one's DDIM inversion."),
     layout_strength: float = typer.Option(C.layout_strength, "--layout-strength", help="Fraction of the schedule inverted, in (0, 1]."),
     layout_iterations: int = typer.Option(C.layout_iterations, "--layout-iterations", help="Fixed-point refinements per inversion step."),
+    scheduler: str = typer.Option(
+        C.scheduler, "--scheduler", help=f"Sampler: {SCHEDULERS.choices()} (model: the model's own; dpm-solver++ needs fewer steps)."
+    ),
 ) -> None:
     """Generate a synthetic facial-expression dataset (sharded, resumable, one process per GPU under accelerate)."""
     from ..synth.generate import generate as run

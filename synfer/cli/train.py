@@ -57,7 +57,8 @@ class _RichHooks:
 
     def evaluated(self, step: int, metrics) -> None:
         summary = metrics.summary()
-        line = f"step {step}: accuracy {summary['accuracy']:.4f}, balanced accuracy {summary['balanced_accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}"
+        line = (f"step {step}: accuracy {summary['accuracy']:.4f}, balanced accuracy {summary['balanced_accuracy']:.4f}, "
+                f"macro-F1 {summary['macro_f1']:.4f}")
         (self.progress.console if self.progress is not None else err_console).print(line, highlight=False)
 
     def close(self) -> None:
@@ -73,12 +74,16 @@ def train_downstream(
     real_only: bool = typer.Option(False, "--real-only", help="Train on --real only."),
     mixed: bool = typer.Option(False, "--mixed", help="Train on --real and --synthetic together."),
     synthetic: str = typer.Option(C.synthetic, "--synthetic", help="A synfer dataset folder."),
-    labels: str = typer.Option(C.synthetic_labels, "--labels", help="Use labels/NAME.parquet from synfer relabel (its keep flag drops samples)."),
+    labels: str = typer.Option(
+        C.synthetic_labels, "--labels", help="Use labels/NAME.parquet from synfer relabel (its keep flag drops samples)."
+    ),
     real: str = typer.Option(C.real, "--real", help=f"Real training data: {_DATA_HELP}"),
     real_split: str = typer.Option(C.real_split, "--real-split", help="Split of --real to train on."),
     real_layout: str = typer.Option(C.real_layout, "--real-layout", help=f"Layout of --real: {LAYOUTS.choices()} (default: detected)."),
     eval_real: str = typer.Option(C.eval_real, "--eval-real", help=f"Evaluation data (default: --real's --eval-split): {_DATA_HELP}"),
-    eval_split: str = typer.Option(C.eval_split, "--eval-split", help="Split to evaluate on (val; test for RAF-DB and FER2013's private test)."),
+    eval_split: str = typer.Option(
+        C.eval_split, "--eval-split", help="Split to evaluate on (val; test for RAF-DB and FER2013's private test)."
+    ),
     eval_layout: str = typer.Option(C.eval_layout, "--eval-layout", help="Layout of --eval-real (default: detected)."),
     synthetic_ratio: float = typer.Option(C.synthetic_ratio, "--synthetic-ratio", help="--mixed: share of synthetic images in each epoch."),
     classes: int = typer.Option(C.classes, "--classes", help="8 (AffectNet-8) or 7 (no contempt: dropped from every dataset)."),

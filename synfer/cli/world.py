@@ -22,7 +22,9 @@ def make(
     out: Path = typer.Option(..., "--out", "-o", help="World folder: train/, val/, test/ (one folder per expression) and world.json."),
     size: int = typer.Option(32, "--size", help="Image size in pixels (16-512)."),
     seed: int = typer.Option(0, "--seed", help="World seed: identities, labels and AU jitter follow from it."),
-    label_noise: float = typer.Option(0.0, "--label-noise", help="Fraction of train labels swapped to another class (val and test stay clean)."),
+    label_noise: float = typer.Option(
+        0.0, "--label-noise", help="Fraction of train labels swapped to another class (val and test stay clean)."
+    ),
     splits: str = typer.Option("0.8,0.1,0.1", "--splits", help="Fractions of train,val,test; they sum to 1."),
     classes: int = typer.Option(8, "--classes", help="8 (AffectNet-8) or 7 (no contempt)."),
     caption_expression: bool = typer.Option(

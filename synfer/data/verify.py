@@ -67,7 +67,7 @@ def verify_shard(dataset: SynferDataset, shard: int) -> tuple[int, list[str]]:
     if problem:
         return 0, [problem]
     rows = {row["key"]: row for row in table.to_pylist()}
-    problems = _key_problems(shard, [r for r in rows], _expected_keys(dataset, shard))
+    problems = _key_problems(shard, list(rows), _expected_keys(dataset, shard))
     if len(rows) != table.num_rows:
         problems.append(f"shard {shard}: index has {table.num_rows - len(rows)} duplicate keys")
     image_format = dataset.manifest.get("image_format", "png")

@@ -37,7 +37,7 @@ class ShardWriter:
         self.rows: list[dict] = []
         self._tar_path = tar_path(self.root, shard)
         self._tmp = temporary_path(self._tar_path)
-        self._stream = open(self._tmp, "wb")
+        self._stream = open(self._tmp, "wb")  # noqa: SIM115 (kept open until commit or abort)
         self._tar = wds.TarWriter(self._stream, user="synfer", group="synfer", mtime=TAR_MTIME, encoder=False)
         self._open = True
 
@@ -71,7 +71,7 @@ class ShardWriter:
                 self._stream.close()
                 self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

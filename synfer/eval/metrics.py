@@ -33,7 +33,7 @@ class ClassificationMetrics:
     confusion: np.ndarray  # [true, predicted] counts
 
     @classmethod
-    def from_predictions(cls, targets, predictions, labels: Sequence[str]) -> "ClassificationMetrics":
+    def from_predictions(cls, targets, predictions, labels: Sequence[str]) -> ClassificationMetrics:
         return cls(tuple(labels), confusion_matrix(targets, predictions, len(labels)))
 
     @property
@@ -87,5 +87,5 @@ class ClassificationMetrics:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ClassificationMetrics":
+    def from_dict(cls, data: dict) -> ClassificationMetrics:
         return cls(tuple(data["labels"]), np.asarray(data["confusion_matrix"], dtype=np.int64))

@@ -189,7 +189,7 @@ class AUAdapter(ModelMixin, ConfigMixin):
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
-    def from_unet(cls, unet: nn.Module, num_tokens: int = 4, hidden_dim: int = 1024) -> "AUAdapter":
+    def from_unet(cls, unet: nn.Module, num_tokens: int = 4, hidden_dim: int = 1024) -> AUAdapter:
         """A new adapter for ``unet``; ``to_k_au`` / ``to_v_au`` start as copies of each layer's text projections."""
         layers = cross_attention_layers(unet)
         if not layers:

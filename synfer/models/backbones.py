@@ -18,7 +18,6 @@ from ..errors import ConfigError, ModelLoadError, first_line
 from .backbone_specs import BACKBONES, BackboneSpec
 
 
-
 @dataclass(frozen=True)
 class Family:
     """How to build one kind of transformers vision model and read pooled features from it."""

@@ -216,10 +216,10 @@ class Guider:
             module.requires_grad_(False)
             module.eval()
         unet = self.pipe.unet
-        if self.config.gradient_checkpointing and getattr(unet, "_supports_gradient_checkpointing", False):
-            if not unet.is_gradient_checkpointing:
-                unet.enable_gradient_checkpointing()  # acts only where gradients are on: the guided passes
-                self._checkpointing_switched_on = True
+        supported = getattr(unet, "_supports_gradient_checkpointing", False)
+        if self.config.gradient_checkpointing and supported and not unet.is_gradient_checkpointing:
+            unet.enable_gradient_checkpointing()  # acts only where gradients are on: the guided passes
+            self._checkpointing_switched_on = True
         return self
 
     def __exit__(self, *exc) -> None:

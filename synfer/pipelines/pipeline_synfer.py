@@ -207,9 +207,8 @@ class SynFERPipeline(DiffusionPipeline):
         batch = len(prompt) if isinstance(prompt, list) else 1 if prompt is not None else prompt_embeds.shape[0]
         if isinstance(negative_prompt, list) and len(negative_prompt) != batch:
             raise ConfigError(f"got {len(negative_prompt)} negative prompts for {batch} prompts")
-        if prompt_embeds is not None and negative_prompt_embeds is not None:
-            if prompt_embeds.shape != negative_prompt_embeds.shape:
-                raise ConfigError("`prompt_embeds` and `negative_prompt_embeds` must have the same shape")
+        if prompt_embeds is not None and negative_prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
+            raise ConfigError("`prompt_embeds` and `negative_prompt_embeds` must have the same shape")
         unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
         if unknown:
             raise ConfigError(f"unknown callback tensor inputs {sorted(unknown)} (accepted: {self._callback_tensor_inputs})")
@@ -282,7 +281,7 @@ class SynFERPipeline(DiffusionPipeline):
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' own signature; never mutated)
         aus: AUInput | None = None,
         au_scale: float = 1.0,
         semantic_guidance: SemanticGuidance | None = None,

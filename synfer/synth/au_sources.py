@@ -36,7 +36,6 @@ from ..aus import AU_INDEX, DEFAULT_PRESENT_INTENSITY, MAX_INTENSITY, NUM_AUS, P
 from ..errors import AUError, ConfigError, LabelError, first_line
 from ..expressions import Expression, parse_expression
 from ..registry import Registry
-
 from .seeds import AU_STREAM, derive_seed
 
 if TYPE_CHECKING:
@@ -279,15 +278,15 @@ def load_au_table(path: str | Path) -> AUTable:
     return AUTable(path, sha256, labels, values, known)
 
 
-def _prototype(config: "PlanConfig") -> AUSource:
+def _prototype(config: PlanConfig) -> AUSource:
     return PrototypeAUs(config.base_seed)
 
 
-def _fixed(config: "PlanConfig") -> AUSource:
+def _fixed(config: PlanConfig) -> AUSource:
     return FixedAUs(AUVector.parse(config.aus))
 
 
-def _empirical(config: "PlanConfig") -> AUSource:
+def _empirical(config: PlanConfig) -> AUSource:
     table = load_au_table(config.au_table)
     if table.sha256 != config.au_table_sha256:
         raise ConfigError(
@@ -298,7 +297,7 @@ def _empirical(config: "PlanConfig") -> AUSource:
 
 
 # --au-source NAME -> a factory from the plan config.
-AU_SOURCES: Registry[Callable[["PlanConfig"], AUSource]] = Registry("AU source")
+AU_SOURCES: Registry[Callable[[PlanConfig], AUSource]] = Registry("AU source")
 AU_SOURCES.register("prototype", _prototype)
 AU_SOURCES.register("empirical", _empirical)
 AU_SOURCES.register("fixed", _fixed)

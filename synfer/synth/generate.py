@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..data.format import check_image_format
 from ..errors import ConfigError, LabelError, ModelLoadError
+from ..pipelines.schedulers import MODEL_SCHEDULER, SCHEDULERS
 from ..pipelines.steering import VAE_DECODER, check_guidance, check_layout, inverted_steps, parse_window
 from ..progress import Reporter, SilentReporter
 from .plan import LABEL_DISTRIBUTIONS, PlanConfig, read_label_weights, scaled_size
@@ -75,6 +76,7 @@ class GenerateConfig:
     layout_dir: str | None = None
     layout_strength: float = 1.0
     layout_iterations: int = 0
+    scheduler: str = MODEL_SCHEDULER
     plan: PlanConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -92,6 +94,7 @@ class GenerateConfig:
                 raise ConfigError(f"--{name} must be >= 8, got {value}")
         check_guidance(self.sg_step_size, parse_window(self.sg_window), self.sg_every, self.sg_normalize)
         check_layout(self.layout_strength, self.layout_iterations)
+        SCHEDULERS.check(self.scheduler)
         if self.layout_dir is not None:
             inverted_steps(self.steps, self.layout_strength)
         object.__setattr__(self, "plan", self._plan_config())
@@ -118,7 +121,9 @@ class GenerateConfig:
         if self.label is not None and self.distribution is not None:
             raise ConfigError("--label fixes every sample's label; it cannot be combined with --distribution")
         if self.aus is not None and self.distribution is not None:
-            raise ConfigError("--aus without --label labels every sample by the nearest prototype; it cannot be combined with --distribution")
+            raise ConfigError(
+                "--aus without --label labels every sample by the nearest prototype; it cannot be combined with --distribution"
+            )
         weights, distribution = None, self.distribution
         if distribution is not None and distribution not in LABEL_DISTRIBUTIONS:
             if not distribution.lower().endswith(".json"):
@@ -228,7 +233,16 @@ def generate(config: GenerateConfig, reporter: Reporter | None = None) -> Genera
     from ..pipelines.loading import load_pipeline
     from ..prompts import PromptBuilder
     from .plan import Planner
-    from .runner import RenderConfig, build_manifest, dataset_folder, finish_dataset, generate_dataset, open_dataset, rank_shards, wait_for_manifest
+    from .runner import (
+        RenderConfig,
+        build_manifest,
+        dataset_folder,
+        finish_dataset,
+        generate_dataset,
+        open_dataset,
+        rank_shards,
+        wait_for_manifest,
+    )
 
     reporter = reporter or SilentReporter()
     model_name = config.model_name
@@ -254,9 +268,17 @@ def generate(config: GenerateConfig, reporter: Reporter | None = None) -> Genera
         guidance.classifier.to(pipe.device)
         if not isinstance(guidance.decoder, str):
             guidance.decoder.to(device=pipe.device, dtype=pipe.vae.dtype)
-    if layout is not None:
-        from ..pipelines.inversion import use_layout_scheduler
+    from ..pipelines.schedulers import use_scheduler
 
+    use_scheduler(pipe, config.scheduler)
+    if layout is not None:
+        from ..pipelines.inversion import layout_compatible, use_layout_scheduler
+
+        if config.scheduler != MODEL_SCHEDULER and not layout_compatible(pipe.scheduler, config.steps):
+            raise ConfigError(
+                f"--layout-dir inverts with DDIM, and --scheduler {config.scheduler} samples other noise levels; "
+                "use --scheduler ddim (or model, which switches to DDIM by itself)"
+            )
         replaced = use_layout_scheduler(pipe, config.steps)
         if replaced and process.is_main_process:
             reporter.log(f"--layout-dir: sampling with DDIMScheduler instead of {replaced} (inversion is DDIM)")
@@ -269,6 +291,7 @@ def generate(config: GenerateConfig, reporter: Reporter | None = None) -> Genera
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt,
         image_format=config.image_format,
         shard_size=config.shard_size,
+        scheduler=config.scheduler,
         guidance=guidance,
         layout=layout,
     )
@@ -310,7 +333,9 @@ def generate(config: GenerateConfig, reporter: Reporter | None = None) -> Genera
     show = process.is_local_main_process
     start = time.perf_counter()
     with reporter.progress(f"{who}generating", total=result.samples, completed=already, show=show) as advance:
-        made = generate_dataset(pipe, planner, render, out, batch_size=config.batch_size, rank=rank, world_size=world_size, on_progress=advance)
+        made = generate_dataset(
+            pipe, planner, render, out, batch_size=config.batch_size, rank=rank, world_size=world_size, on_progress=advance
+        )
     result.seconds = time.perf_counter() - start
     result.made, result.made_shards, result.skipped_shards = made.made, made.made_shards, made.skipped_shards
     result.complete = finish_dataset(out)

@@ -45,15 +45,15 @@ from .seeds import LABEL_STREAM, derive_seed
 __all__ = ["PlanConfig", "Planner", "SamplePlan", "derive_seed", "normalize_label_weights", "read_label_weights", "scaled_size"]
 
 
-def _balanced(label_set: LabelSet, config: "PlanConfig") -> tuple[float, ...]:
+def _balanced(label_set: LabelSet, config: PlanConfig) -> tuple[float, ...]:
     return (1,) * label_set.num_classes
 
 
-def _affectnet(label_set: LabelSet, config: "PlanConfig") -> tuple[float, ...]:
+def _affectnet(label_set: LabelSet, config: PlanConfig) -> tuple[float, ...]:
     return tuple(AFFECTNET_TRAIN_COUNTS[e] for e in label_set.expressions)
 
 
-def _custom(label_set: LabelSet, config: "PlanConfig") -> tuple[float, ...]:
+def _custom(label_set: LabelSet, config: PlanConfig) -> tuple[float, ...]:
     weights = dict(config.weights or ())
     for name in weights:
         label_set.index(parse_expression(name))  # raises when the label is not in the set
@@ -61,7 +61,7 @@ def _custom(label_set: LabelSet, config: "PlanConfig") -> tuple[float, ...]:
 
 
 # --distribution NAME -> weights per class of the label set; a JSON file gives "custom" weights.
-LABEL_DISTRIBUTIONS: Registry[Callable[[LabelSet, "PlanConfig"], tuple[float, ...]]] = Registry("label distribution")
+LABEL_DISTRIBUTIONS: Registry[Callable[[LabelSet, PlanConfig], tuple[float, ...]]] = Registry("label distribution")
 LABEL_DISTRIBUTIONS.register("balanced", _balanced)
 LABEL_DISTRIBUTIONS.register("affectnet", _affectnet)
 LABEL_DISTRIBUTIONS.register("custom", _custom)
@@ -163,12 +163,12 @@ class PlanConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PlanConfig":
+    def from_dict(cls, data: dict) -> PlanConfig:
         """The inverse of :meth:`to_dict` (as read back from a manifest)."""
         data = dict(data)
         if data.get("weights") is not None:
             data["weights"] = tuple(data["weights"].items())
-        known = {name for name in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -29,16 +29,17 @@ from ..data.format import (
     PREVIEW,
     SCHEMA_VERSION,
     SHARDS_DIR,
+    check_image_format,
     done_shards,
-    num_shards,
     index_path,
+    num_shards,
     read_manifest,
     shard_range,
     tar_path,
 )
 from ..data.run_folder import ResumeRules, RunFolder
-from ..data.format import check_image_format
 from ..errors import ConfigError, DatasetError
+from ..pipelines.schedulers import MODEL_SCHEDULER
 from .plan import PlanConfig, Planner, SamplePlan
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class RenderConfig:
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     image_format: str = "png"
     shard_size: int = 1000
+    scheduler: str = MODEL_SCHEDULER  # a name in synfer.pipelines.schedulers.SCHEDULERS
     # Optional steering; each serialises itself into the manifest (settings and weight hashes).
     guidance: SemanticGuidance | None = None  # target labels are filled in per batch from the plans
     layout: LayoutReferences | None = None
@@ -126,7 +128,8 @@ DATASET_RULES = ResumeRules(
     compare=("n", "shard_size", "base_seed", "label_set", "image_format", "plan", "render", "model.components.*.sha256"),
     ignore=frozenset({"plan.au_table"}),
     may_grow=frozenset({"n", "plan.n"}),
-    defaults={},
+    # Options added since schema version 1, as datasets made before them were made.
+    defaults={"render.scheduler": MODEL_SCHEDULER},
 )
 _RESUME_HINT = "use the same options to resume, another --out, or --overwrite to replace it"
 

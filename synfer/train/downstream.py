@@ -135,7 +135,7 @@ class DownstreamConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DownstreamConfig":
+    def from_dict(cls, data: dict) -> DownstreamConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -67,7 +67,7 @@ class TrainerState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainerState":
+    def from_dict(cls, data: dict) -> TrainerState:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
@@ -83,7 +83,10 @@ def training_sources(config: DownstreamConfig, train: list[tuple[str, LabelledDa
 # -- evaluation -----------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(model, dataset: LabelledDataset, label_set: LabelSet, image_size: int, batch_size: int, workers: int, accelerator=None, seed: int = 0):
+def evaluate(
+    model, dataset: LabelledDataset, label_set: LabelSet, image_size: int, batch_size: int, workers: int, accelerator=None,
+    seed: int = 0,
+):
     """Metrics of ``model`` on ``dataset`` (summed over processes) and the unreadable images' messages."""
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     processes, index = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
@@ -136,7 +139,9 @@ class DownstreamTrainer:
         config = self.config
         self.label_set = get_label_set(config.classes)
         self.train_sets, self.eval_set = open_datasets(config)
-        self.accelerator = make_accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu)
+        self.accelerator = make_accelerator(
+            mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu
+        )
         accelerator = self.accelerator
         set_seed(config.seed)
         model = create_classifier(config.backbone, self.label_set, config.weights, input_size=config.image_size)
@@ -382,7 +387,8 @@ class DownstreamTrainer:
         if self.main:
             self.save_classifier("last", last)
             names = self.label_set.names
-            self._commit_figure(lambda p: plot_matrix(best.confusion, names, names, p, title=f"{self.eval_set.name}, step {state.best['step']}"), "confusion.png")
+            title = f"{self.eval_set.name}, step {state.best['step']}"
+            self._commit_figure(lambda p: plot_matrix(best.confusion, names, names, p, title=title), "confusion.png")
             series = {"train loss": [tuple(p) for p in state.loss]}
             for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1")):
                 series[f"eval {label}"] = [(e["step"], e[key]) for e in state.evals]

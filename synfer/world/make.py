@@ -201,9 +201,9 @@ def plan_world(config: WorldConfig) -> list[WorldSample]:
 
 def _world_record(config: WorldConfig, samples: list[WorldSample]) -> dict:
     label_set = config.label_set
-    counts = {split: {name: 0 for name in label_set.names} for split in SPLITS}
-    true_counts = {split: {name: 0 for name in label_set.names} for split in SPLITS}
-    swapped = {split: 0 for split in SPLITS}
+    counts = {split: dict.fromkeys(label_set.names, 0) for split in SPLITS}
+    true_counts = {split: dict.fromkeys(label_set.names, 0) for split in SPLITS}
+    swapped = dict.fromkeys(SPLITS, 0)
     for sample in samples:
         counts[sample.split][sample.label.label] += 1
         true_counts[sample.split][sample.true_label.label] += 1
@@ -305,7 +305,9 @@ def world_state(config: WorldConfig, out: str | Path) -> str:
     if partial is not None and _identity_of(partial) == wanted:
         return "resume"
     if any(out.iterdir()):
-        raise ConfigError(f"--out {str(out)!r} exists and is not empty, and is not an unfinished world with these options; choose an empty folder")
+        raise ConfigError(
+            f"--out {str(out)!r} exists and is not empty, and is not an unfinished world with these options; choose an empty folder"
+        )
     return "new"
 
 

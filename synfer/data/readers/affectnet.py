@@ -56,7 +56,7 @@ def _expression(code: int, where: str, stats: ReadStats) -> Expression | None:
 
 def _csv_rows(path: Path):
     """The header and the data rows; the header row is optional (copies of validation.csv lack it)."""
-    handle = open(path, newline="", encoding="utf-8")
+    handle = open(path, newline="", encoding="utf-8")  # noqa: SIM115 (closed by the generator that reads it)
     reader = csv.reader(handle)
     first = next(reader, None)
     if first is None:

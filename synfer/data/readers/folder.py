@@ -24,7 +24,9 @@ NUMBERINGS: dict[str, Callable[[int], Expression]] = {
     "rafdb": from_rafdb,
     "fer2013": from_fer2013,
 }
-SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"}
+SPLIT_FOLDERS = {
+    "train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"
+}
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -57,7 +57,7 @@ class FeatureConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FeatureConfig":
+    def from_dict(cls, data: dict) -> FeatureConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

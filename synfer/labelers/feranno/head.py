@@ -98,7 +98,7 @@ class FERAnnoHead(ModelMixin, ConfigMixin):
         return get_label_set(self.config.label_set)
 
     @classmethod
-    def for_extractor(cls, extractor: FERAnnoFeatureExtractor, label_set: LabelSet | str, **kwargs) -> "FERAnnoHead":
+    def for_extractor(cls, extractor: FERAnnoFeatureExtractor, label_set: LabelSet | str, **kwargs) -> FERAnnoHead:
         """A fresh head shaped for ``extractor``'s features."""
         spec = extractor.spec()
         name = label_set.name if isinstance(label_set, LabelSet) else get_label_set(label_set).name

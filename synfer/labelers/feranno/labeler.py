@@ -66,7 +66,7 @@ class FERAnno:
         pipe=None,
         device: str | torch.device | None = "auto",
         dtype: str | None = None,
-    ) -> "FERAnno":
+    ) -> FERAnno:
         """Load a head folder and the diffusion model it names (or ``pipe``), checking the weight hashes.
 
         ``dtype`` defaults to the one the head was trained with, so that the hashes can be checked.

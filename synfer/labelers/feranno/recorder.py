@@ -36,7 +36,7 @@ class FERAnnoFeatures:
     def __len__(self) -> int:
         return self.attention.shape[0]
 
-    def to(self, *args, **kwargs) -> "FERAnnoFeatures":
+    def to(self, *args, **kwargs) -> FERAnnoFeatures:
         return FERAnnoFeatures(tuple(f.to(*args, **kwargs) for f in self.features), self.attention.to(*args, **kwargs))
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -46,12 +46,12 @@ class FERAnnoFeatures:
         return named
 
     @classmethod
-    def from_tensors(cls, named: dict[str, torch.Tensor]) -> "FERAnnoFeatures":
+    def from_tensors(cls, named: dict[str, torch.Tensor]) -> FERAnnoFeatures:
         count = sum(1 for name in named if name.startswith("features."))
         return cls(tuple(named[f"features.{i}"] for i in range(count)), named["attention"])
 
     @classmethod
-    def cat(cls, parts: Sequence["FERAnnoFeatures"]) -> "FERAnnoFeatures":
+    def cat(cls, parts: Sequence[FERAnnoFeatures]) -> FERAnnoFeatures:
         return cls(
             tuple(torch.cat(blocks) for blocks in zip(*(p.features for p in parts))),
             torch.cat([p.attention for p in parts]),
@@ -66,7 +66,7 @@ class RecordingProcessor:
     delegate's ``to_k_au`` projection when it has one (the AU adapter's decoupled attention).
     """
 
-    def __init__(self, inner, recorder: "AttentionRecorder", block: int):
+    def __init__(self, inner, recorder: AttentionRecorder, block: int):
         self.inner = inner
         self.recorder = recorder
         self.block = block

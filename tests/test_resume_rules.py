@@ -1,0 +1,133 @@
+"""Resuming, growing and refusing datasets and runs: RunFolder's field-by-field rules."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from synfer.cli import app
+from synfer.data.dataset import SynferDataset
+from synfer.data.format import CARD, MANIFEST, read_manifest
+from synfer.data.run_folder import ResumeRules, RunFolder, flatten
+from synfer.data.verify import verify_dataset
+from synfer.errors import DatasetError
+from synfer.synth.runner import DATASET_RULES
+
+runner = CliRunner()
+FAST = ["generate", "--model", "tiny", "--steps", "1", "--batch-size", "4"]
+
+
+def generate(*args):
+    return runner.invoke(app, [*FAST, *args])
+
+
+def shard_files(out):
+    return {p.name: p.read_bytes() for p in sorted((out / "shards").iterdir())}
+
+
+def test_rules_compare_field_by_field_with_defaults_globs_and_growth():
+    rules = ResumeRules(
+        compare=("n", "render", "model.*.sha256"),
+        ignore=frozenset({"render.path"}),
+        defaults={"render.scheduler": "model"},
+        may_grow=frozenset({"n"}),
+    )
+    old = {"n": 10, "render": {"steps": 5, "path": "/a"}, "model": {"unet": {"sha256": "x", "class": "U"}}, "created": "mon"}
+    new = {"n": 10, "render": {"steps": 5, "path": "/b", "scheduler": "model"}, "model": {"unet": {"sha256": "x", "class": "V"}},
+           "created": "tue"}
+    assert rules.changes(old, new) == []  # a default fills the missing option; paths, classes and times do not count
+    changes = rules.changes(old, {**new, "n": 12, "render": {**new["render"], "scheduler": "ddim"}})
+    assert [(c.path, c.grown) for c in changes] == [("n", True), ("render.scheduler", False)]
+    assert [c.grown for c in rules.changes(old, {**new, "n": 8})] == [False]  # shrinking is a change, not growth
+    assert flatten({"a": {"b": (1, 2)}, "c": {}}) == {"a.b": [1, 2], "c": {}}
+
+
+def test_a_manifest_written_before_an_option_existed_still_resumes(tmp_path):
+    out = tmp_path / "d"
+    assert generate("--n", "4", "--shard-size", "2", "--out", str(out)).exit_code == 0
+    assert DATASET_RULES.defaults, "the dataset rules name the defaults of options added since schema version 1"
+    manifest = read_manifest(out)
+    for path in DATASET_RULES.defaults:  # write the manifest as a version without these options would have
+        node = manifest
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    (out / "shards" / "00001.parquet").unlink()
+    again = generate("--n", "4", "--shard-size", "2", "--out", str(out))
+    assert again.exit_code == 0 and "made 2 now" in again.output.replace("\n", " ")
+    other = generate("--n", "4", "--shard-size", "2", "--scheduler", "ddim", "--out", str(out))
+    assert other.exit_code == 2 and "differs in: render.scheduler" in other.stderr
+
+
+def test_growing_keeps_finished_shards_redoes_the_partial_one_and_refuses_shrinking(tmp_path):
+    small, grown, fresh = (tmp_path / name for name in ("small", "grown", "fresh"))
+    assert generate("--n", "10", "--shard-size", "4", "--out", str(small)).exit_code == 0
+    assert generate("--n", "10", "--shard-size", "4", "--out", str(grown)).exit_code == 0
+    before = shard_files(grown)
+    result = generate("--n", "20", "--shard-size", "4", "--out", str(grown))  # 1x -> 2x
+    assert result.exit_code == 0, result.output
+    assert "growing from 10 to 20 samples" in result.stderr
+    after = shard_files(grown)
+    for name in ("00000.tar", "00000.parquet", "00001.tar", "00001.parquet"):
+        assert after[name] == before[name]  # wholly inside the old n: untouched
+    assert after["00002.parquet"] != before["00002.parquet"]  # was partial (2 of 4): redone
+    assert generate("--n", "20", "--shard-size", "4", "--out", str(fresh)).exit_code == 0
+    assert after == shard_files(fresh)  # exactly what a dataset made at 2x in one go holds
+    assert read_manifest(grown)["n"] == 20 and (grown / CARD).is_file()
+    report = verify_dataset(SynferDataset(grown))
+    assert report.ok and report.samples == 20
+    shrunk = generate("--n", "12", "--shard-size", "4", "--out", str(grown))
+    assert shrunk.exit_code == 2 and "differs in: n, plan.n" in shrunk.stderr
+    assert shard_files(grown) == after
+
+
+def test_a_crash_while_growing_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    from synfer.synth import runner as runner_module
+
+    out = tmp_path / "d"
+    assert generate("--n", "6", "--shard-size", "4", "--out", str(out)).exit_code == 0
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module.RunFolder, "write_record", crash)  # dies after the indexes went, before the manifest
+    assert generate("--n", "8", "--shard-size", "4", "--out", str(out)).exit_code == 130
+    assert read_manifest(out)["n"] == 6 and not (out / "shards" / "00001.parquet").exists()
+    monkeypatch.undo()
+    assert generate("--n", "8", "--shard-size", "4", "--out", str(out)).exit_code == 0
+    assert verify_dataset(SynferDataset(out)).ok and read_manifest(out)["n"] == 8
+
+
+def test_dpm_solver_is_recorded_and_layout_inversion_refuses_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "d"
+    assert generate("--n", "2", "--scheduler", "dpm-solver++", "--out", str(out)).exit_code == 0
+    assert read_manifest(out)["render"]["scheduler"] == "dpm-solver++"
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(faces / "a.png")
+    refused = generate("--n", "2", "--scheduler", "dpm-solver++", "--layout-dir", str(faces), "--out", str(tmp_path / "x"))
+    assert refused.exit_code == 2 and "--scheduler ddim" in refused.stderr
+    unknown = generate("--n", "2", "--scheduler", "euler", "--out", str(tmp_path / "y"))
+    assert unknown.exit_code == 2 and "unknown scheduler 'euler' (accepted: model, ddim, dpm-solver++)" in unknown.stderr
+
+
+def test_run_folder_refuses_foreign_folders_and_asks_for_resume(tmp_path):
+    folder = RunFolder(tmp_path / "run", "config.json", "training run")
+    rules = ResumeRules(compare=("config",))
+    assert folder.open({"config": {"lr": 1}}, rules).state == "new"
+    with pytest.raises(DatasetError, match="pass --resume"):
+        folder.open({"config": {"lr": 1}}, rules, resume=False)
+    assert folder.open({"config": {"lr": 1}}, rules, resume=True).state == "same"
+    with pytest.raises(DatasetError, match="differs in: config.lr"):
+        folder.open({"config": {"lr": 2}}, rules, resume=True)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="not empty and is not a synfer training run"):
+        RunFolder(foreign, "config.json", "training run").open({"config": {}}, rules)
+    assert (foreign / "notes.txt").read_text() == "mine"
