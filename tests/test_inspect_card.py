@@ -117,7 +117,7 @@ def test_inspect_reports_counts_and_verifies(made):
     text = " ".join(result.output.split())
     assert f"{N} of {N} samples in 3/3 shards (complete)" in text
     assert "│ happy │ 6 │ 6 │" in text and "│ anger │ 0 │ 0 │" in text
-    assert "shards finished: 0-2" in text and "card: README.md, preview.png" in text
+    assert "shards finished: 3 of 3 (00000-00002)" in text and "card: README.md, preview.png" in text
     assert f"verified: {N} unique keys, {N} images decode" in text
 
 
@@ -128,9 +128,9 @@ def test_inspect_shows_unfinished_shards_and_verify_fails(made, copy):
     result = runner.invoke(app, ["inspect", str(copy)])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert f"5 of {N} samples in 1/3 shards (incomplete)" in text and "shards unfinished: 1-2" in text
-    assert "partly written (running, or interrupted; a rerun redoes them): 2" in text
-    assert "tar without index (interrupted before the index; a rerun redoes them): 1 " in text
+    assert f"5 of {N} samples in 1/3 shards (incomplete)" in text and "shards unfinished: 00001-00002" in text
+    assert "partly written (running, or interrupted; a rerun redoes them): 00002" in text
+    assert "tar without index (interrupted before the index; a rerun redoes them): 00001 " in text
     result = runner.invoke(app, ["inspect", str(copy), "--verify"])
     assert result.exit_code == 1
     assert "shard 1: not finished" in result.stderr and "verification failed: 2 problems" in result.stderr
@@ -167,7 +167,7 @@ def test_verify_finds_damaged_tars(copy, change, fragment):
 def test_damaged_index_is_reported_not_a_traceback(copy):
     (copy / "shards" / "00001.parquet").write_bytes(b"PAR1 not really")
     result = runner.invoke(app, ["inspect", str(copy)])
-    assert result.exit_code == 0 and "unreadable index in shards 1" in " ".join(result.stderr.split())
+    assert result.exit_code == 0 and "unreadable index in shards 00001" in " ".join(result.stderr.split())
     result = runner.invoke(app, ["inspect", str(copy), "--verify"])
     assert result.exit_code == 1 and "shard 1: index unreadable" in result.stderr
     assert "Traceback" not in result.output + result.stderr

@@ -212,3 +212,24 @@ def test_folder_swaps_survive_a_crash_between_renames(tmp_path):
     assert (run / "best" / "model.safetensors").read_text() == "new" and not (run / "best.old").exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000004"]
     assert latest_checkpoint(run).name == "step-00000004"
+
+
+def test_a_truncated_shard_fails_before_training_or_is_skipped_and_counted(tmp_path, toy):
+    import shutil
+
+    data = tmp_path / "synfer"
+    shutil.copytree(toy["synfer"], data)
+    tar = data / "shards" / "00001.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    args = ["train-downstream", "--synthetic-only", "--synthetic", str(data), "--eval-real", str(toy["folder"]),
+            "--backbone", "tiny-resnet", "--batch-size", "4", "--epochs", "1", "--workers", "0", "--cpu"]
+    refused = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert f"shard {tar} is damaged" in refused.stderr and "synfer inspect --verify" in refused.stderr
+    assert not (tmp_path / "a" / "checkpoints").exists() and not (tmp_path / "a" / "metrics.json").exists()
+
+    skipped = runner.invoke(app, [*args, "--skip-damaged", "--out", str(tmp_path / "b")])
+    assert skipped.exit_code == 0, skipped.output
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())["datasets"]["synthetic"]
+    total = 3 * 8  # write_synfer(per_class=3): 24 samples in shards of 7
+    assert saved["images"] == total - 7 and sum(saved["left_out"]["excluded"].values()) == 7

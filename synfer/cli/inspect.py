@@ -14,7 +14,7 @@ MAX_PROBLEMS_SHOWN = 20
 
 
 def _ranges(numbers: list[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"00000-00002, 00005, 00007-00008"``: shard numbers as their files are named."""
     parts: list[str] = []
     start = previous = None
     for number in sorted(numbers):
@@ -22,11 +22,17 @@ def _ranges(numbers: list[int]) -> str:
             previous = number
             continue
         if start is not None:
-            parts.append(f"{start}-{previous}" if previous != start else f"{start}")
+            parts.append(_span(start, previous))
         start = previous = number
     if start is not None:
-        parts.append(f"{start}-{previous}" if previous != start else f"{start}")
+        parts.append(_span(start, previous))
     return ", ".join(parts)
+
+
+def _span(first: int, last: int) -> str:
+    from ..data.format import shard_stem
+
+    return shard_stem(first) if first == last else f"{shard_stem(first)}-{shard_stem(last)}"
 
 
 def _made_counts(dataset) -> tuple[dict[int, int], list[int]]:
@@ -94,7 +100,8 @@ def inspect(
     folder = dataset.root / SHARDS_DIR
     partial = sorted(int(p.name.split(".")[0]) for p in folder.glob(f"*.tar{TMP_SUFFIX}") if p.name.split(".")[0].isdigit())
     orphans = [s for s in unfinished if tar_path(dataset.root, s).is_file() and not index_path(dataset.root, s).is_file()]
-    console.print(f"shards finished: {_ranges(done) or 'none'}")
+    # A count first: "shards finished: 00000" alone reads as "nothing finished" for a one-shard dataset.
+    console.print(f"shards finished: {len(done)} of {dataset.num_shards}" + (f" ({_ranges(done)})" if done else ""))
     if unfinished:
         console.print(f"shards unfinished: {_ranges(unfinished)}")
         if partial:

@@ -113,6 +113,9 @@ def train_downstream(
     crop_face: bool = typer.Option(C.crop_face, "--crop-face", help="AffectNet CSV layout: crop each image to its face box."),
     numbering: str = typer.Option(C.numbering, "--numbering", help="Image folders named by number: affectnet, rafdb or fer2013 codes."),
     strict: bool = typer.Option(C.strict, "--strict", help="Fail on missing or unreadable images instead of counting them."),
+    skip_damaged: bool = typer.Option(
+        C.skip_damaged, "--skip-damaged", help="Leave out (and count) synfer shards whose tar is damaged instead of refusing."
+    ),
     seed: int = typer.Option(C.seed, "--seed", min=0),
     resume: bool = typer.Option(C.resume, "--resume", help="Continue the run in --out from its latest checkpoint."),
 ) -> None:
@@ -130,7 +133,7 @@ def train_downstream(
         mixed_precision=mixed_precision, cpu=cpu, workers=workers, shuffle_buffer=shuffle_buffer,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, eval_every=eval_every,
         eval_batch_size=eval_batch_size, best_metric=best_metric, crop_face=crop_face, numbering=numbering,
-        strict=strict, seed=seed, resume=resume,
+        strict=strict, skip_damaged=skip_damaged, seed=seed, resume=resume,
     )
     quiet_libraries()
     hooks = _RichHooks()

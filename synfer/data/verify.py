@@ -61,6 +61,25 @@ def check_keys(dataset: SynferDataset) -> list[str]:
     return problems
 
 
+def check_tar(path, members: int) -> str | None:
+    """A fast structural check of one shard tar (its headers only, no image decoded): None when sound.
+
+    Catches what kills a reader mid-epoch: a truncated or unreadable tar, or one holding fewer
+    members than its index promises (``members``: an image and a JSON per sample).
+    """
+    try:
+        size = path.stat().st_size
+        with tarfile.open(path) as tar:
+            found = [m for m in tar.getmembers() if m.isfile()]
+    except (OSError, tarfile.TarError) as error:
+        return f"unreadable tar ({first_line(error)})"
+    if len(found) != members:
+        return f"tar holds {len(found)} files, its index promises {members}"
+    if found and found[-1].offset_data + found[-1].size > size:
+        return "tar is truncated"
+    return None
+
+
 def verify_shard(dataset: SynferDataset, shard: int) -> tuple[int, list[str]]:
     """Full check of one finished shard; returns (samples checked, problems)."""
     table, problem = _read_index(dataset, shard)

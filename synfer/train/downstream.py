@@ -88,6 +88,7 @@ class DownstreamConfig:
     crop_face: bool = False
     numbering: str | None = None
     strict: bool = False
+    skip_damaged: bool = False
     seed: int = 0
     resume: bool = False
 
@@ -241,7 +242,7 @@ def prepare_run(config: DownstreamConfig, main: bool = True) -> bool:
 # -- data ---------------------------------------------------------------------------------------------
 
 def _open(config: DownstreamConfig, path: str, split: str, layout: str | None, labels: str | None = None) -> LabelledDataset:
-    options = {"crop_face": config.crop_face, "numbering": config.numbering, "labels": labels}
+    options = {"crop_face": config.crop_face, "numbering": config.numbering, "labels": labels, "skip_damaged": config.skip_damaged}
     chosen_layout = layout or detect_layout(path).name
     # Options that do not apply to this layout are left out instead of refused: one --crop-face
     # serves an AffectNet --real and a RAF-DB --eval-real alike.

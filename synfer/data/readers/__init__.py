@@ -12,10 +12,13 @@ for sample in val:                                                # LabelledImag
 
 from __future__ import annotations
 
-# Importing a reader module registers its layouts; detection tries them in this order.
-from . import affectnet, fer2013, folder, rafdb, synfer  # noqa: E402, F401, I001
 from .base import LabelledDataset, LabelledImage, ReadStats, UnreadableImage
 from .layouts import LAYOUTS, Layout, detect_layout, open_labelled, register_layout
+
+# Importing a reader module registers its layouts; detection tries them in this order.
+# isort: off
+from . import synfer, affectnet, rafdb, fer2013, folder  # noqa: F401
+# isort: on
 
 __all__ = [
     "LAYOUTS",

@@ -13,12 +13,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...errors import DatasetError
 from ...expressions import Expression, LabelSet
 from ..dataset import SynferDataset
 from ..format import IMAGE_FORMATS, LABELS_DIR, MANIFEST, resolve_inside
+from ..verify import check_tar
 from .base import LabelledDataset, LabelledImage, ReadStats, UnreadableImage, decode_image_bytes, restrict_to_label_set
 from .layouts import Layout, register_layout
 
@@ -56,18 +58,41 @@ def _relabel(root: Path, name: str, keys: list[str], stats: ReadStats) -> tuple[
     return keep, _expressions(labels, str(path))
 
 
+def _damaged_shards(dataset: SynferDataset, shards: np.ndarray, skip: bool, stats: ReadStats) -> list[int]:
+    """Shards whose tar fails a fast structural check: an error before any training, or (``skip``) left out and counted."""
+    counts = Counter(int(s) for s in shards)
+    damaged = []
+    for shard in dataset.shards:
+        problem = check_tar(dataset.tar_path(shard), 2 * counts.get(shard, 0))
+        if problem is None:
+            continue
+        if not skip:
+            raise DatasetError(
+                f"shard {dataset.tar_path(shard)} is damaged: {problem}; run synfer inspect --verify {dataset.root}, "
+                "regenerate it (delete its .parquet and rerun synfer generate), or pass --skip-damaged"
+            )
+        stats.excluded[f"in damaged shards ({problem})"] += counts.get(shard, 0)
+        damaged.append(shard)
+    return damaged
+
+
 class SynferShards(LabelledDataset):
     """The finished shards of a synfer dataset; reading is sequential, one tar at a time."""
 
     layout = "synfer"
     sequential = True
 
-    def __init__(self, root: Path, label_set: LabelSet, strict: bool, labels: str | None = None):
+    def __init__(self, root: Path, label_set: LabelSet, strict: bool, labels: str | None = None, skip_damaged: bool = False):
         dataset = SynferDataset(root)
         index = dataset.index(["key", "shard", "label"])
         keys = index.column("key").to_pylist()
         shards = np.asarray(index.column("shard").to_pylist(), dtype=np.int32)
         stats = ReadStats()
+        damaged = _damaged_shards(dataset, shards, skip_damaged, stats)
+        if damaged:
+            intact = ~np.isin(shards, damaged)
+            index = index.filter(pa.array(intact))
+            keys, shards = [k for k, ok in zip(keys, intact) if ok], shards[intact]
         if labels is not None:
             keep, expressions = _relabel(dataset.root, labels, keys, stats)
         else:
@@ -128,8 +153,10 @@ class SynferShards(LabelledDataset):
         return LabelledImage(decode_image_bytes(data, source), Expression(int(self.labels[position])), key)
 
 
-def open_synfer(root: Path, split: str, label_set: LabelSet, strict: bool, labels: str | None = None) -> SynferShards:
-    return SynferShards(root, label_set, strict, labels)
+def open_synfer(
+    root: Path, split: str, label_set: LabelSet, strict: bool, labels: str | None = None, skip_damaged: bool = False
+) -> SynferShards:
+    return SynferShards(root, label_set, strict, labels, skip_damaged)
 
 
 register_layout(
@@ -138,6 +165,6 @@ register_layout(
         f"{MANIFEST} and shards/ (a dataset written by synfer generate)",
         lambda root: (root / MANIFEST).is_file(),
         open_synfer,
-        ("labels",),
+        ("labels", "skip_damaged"),
     )
 )
