@@ -10,7 +10,7 @@ STAMP := $(VENV)/.synfer-installed
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check synfer tests benchmarks
 
 bench: install
 	@for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
