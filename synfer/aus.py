@@ -286,7 +286,7 @@ def _check_intensity(value: float, what: str) -> float:
 
 
 # -- prototypes ------------------------------------------------------------------------------
-# Prior AU configurations per expression (DESIGN §2). They seed sampling; they are not labels.
+# Prior AU configurations per expression (EMFACS-style prototypes). They seed sampling; they are not labels.
 PROTOTYPE_AUS: dict[Expression, tuple[str, ...]] = {
     Expression.NEUTRAL: (),
     Expression.HAPPY: ("AU6", "AU12"),

@@ -1,4 +1,4 @@
-"""The synfer dataset format (DESIGN §4): names, the index schema, and crash-safe file writing.
+"""The synfer dataset format (docs/formats.md, "Dataset"): names, the index schema, and crash-safe file writing.
 
 ```
 DATASET/

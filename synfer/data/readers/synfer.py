@@ -1,4 +1,4 @@
-"""synfer datasets (DESIGN §4): finished shards read with webdataset, labels from the index.
+"""synfer datasets (docs/formats.md, "Dataset"): finished shards read with webdataset, labels from the index.
 
 With ``labels=NAME`` the labels come from ``labels/NAME.parquet`` written by ``synfer relabel``
 (columns ``key``, ``label`` = the rectified AffectNet id, ``keep``): rows with ``keep`` false are
