@@ -94,7 +94,7 @@ def _extract(extractor: FERAnnoFeatureExtractor, chunk: list, batch_size: int) -
 def _read_shard(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-        return metadata, {name: handle.get_tensor(name) for name in handle}
+        return metadata, {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
 
 
 def _shard_metadata(path: Path) -> dict:
