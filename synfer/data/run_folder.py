@@ -36,14 +36,19 @@ TMP_SUFFIX = ".tmp"
 
 
 def flatten(record: Mapping, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as ``{"a.b.c": leaf}``; lists and other values are leaves (JSON-normalised)."""
+    """Nested dicts as ``{"a.b.c": leaf}``, lists of dicts by position (``members.0.kind``); other lists
+    and values are leaves (JSON-normalised: tuples become lists, as a file reads back)."""
     flat: dict[str, Any] = {}
     for key, value in record.items():
         path = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, path + "."))
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
+            flat[f"{path}.length"] = len(value)
+            for i, item in enumerate(value):
+                flat.update(flatten(item, f"{path}.{i}."))
         else:
-            flat[path] = json.loads(json.dumps(value, default=str))  # tuples -> lists, as a file reads back
+            flat[path] = json.loads(json.dumps(value, default=str))
     return flat
 
 

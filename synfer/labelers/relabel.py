@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from ..data.dataset import Sample, SynferDataset
 from ..data.format import LABELS_DIR, MANIFEST, atomic_path, commit_file, shard_stem, write_json
+from ..data.run_folder import ResumeRules, RunFolder
 from ..errors import ConfigError, DatasetError
 from ..expressions import LabelSet
 from ..models.fingerprint import json_sha256
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 LABELS_FORMAT = "synfer-labels"
 LABELS_VERSION = 1
 DEFAULT_NAME = "rectified"
+RUN_RECORD = "run.json"
 METADATA_KEY = b"synfer"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -193,6 +195,12 @@ class RelabelOutput:
         return self.labelled == 0 and not self.reused_shards
 
 
+# What decides a labels file: every setting, member by member. Where a member was loaded from is
+# recorded but not compared (the same weights under another path make the same labels); the
+# fingerprint is derived from the rest.
+LABEL_RULES = ResumeRules(ignore=frozenset({"members.*.source", "fingerprint"}))
+
+
 def run_metadata(dataset: SynferDataset, rectifier: Rectifier, name: str) -> dict:
     """Everything that decides the labels file's content, plus its fingerprint."""
     manifest_bytes = (dataset.root / MANIFEST).read_bytes()
@@ -206,25 +214,26 @@ def run_metadata(dataset: SynferDataset, rectifier: Rectifier, name: str) -> dic
             for column, labeler in zip(member_columns(rectifier), rectifier.labelers)
         ],
     }
-    # Where a member was loaded from is recorded but not compared: the same weights under another path
-    # (or from another working directory) make the same labels.
     content = {**metadata, "members": [{k: v for k, v in m.items() if k != "source"} for m in metadata["members"]]}
     return {**metadata, "fingerprint": json_sha256(content)}
+
+
+def work_folder(root: Path, name: str) -> RunFolder:
+    return RunFolder(work_dir(root, name), RUN_RECORD, "relabel run")
 
 
 def finished_samples(dataset: SynferDataset, name: str, metadata: dict) -> int:
     """Samples an earlier run with the same settings has already labelled (for progress bars)."""
     final = labels_file(dataset.root, name)
-    if final.exists() and read_labels_metadata(final).get("fingerprint") == metadata["fingerprint"]:
+    if final.exists() and not LABEL_RULES.changes(read_labels_metadata(final), metadata):
         return dataset.n
-    work = work_dir(dataset.root, name)
+    folder = work_folder(dataset.root, name)
     try:
-        previous = json.loads((work / "run.json").read_text())
-    except (OSError, ValueError):
+        if folder.compare(metadata, LABEL_RULES).state != "same":
+            return 0
+    except DatasetError:  # an unreadable record: the run starts over
         return 0
-    if previous.get("fingerprint") != metadata["fingerprint"]:
-        return 0
-    return sum(pq.read_metadata(part).num_rows for part in work.glob("[0-9]*.parquet"))
+    return sum(pq.read_metadata(part).num_rows for part in folder.path.glob("[0-9]*.parquet"))
 
 
 def relabel_dataset(
@@ -256,10 +265,11 @@ def relabel_dataset(
     metadata = run_metadata(dataset, rectifier, name)
     final = labels_file(dataset.root, name)
     if final.exists() and not overwrite:
-        if read_labels_metadata(final).get("fingerprint") != metadata["fingerprint"]:
+        changes = LABEL_RULES.changes(read_labels_metadata(final), metadata)
+        if changes:
             raise DatasetError(
-                f"{final} exists and was made with other labelers, settings or data; "
-                "choose another --name or pass --overwrite to replace it"
+                f"{final} exists and was made with other labelers, settings or data (differs in: "
+                f"{', '.join(c.path for c in changes)}); choose another --name or pass --overwrite to replace it"
             )
         report = build_report(pq.read_table(final), dataset.label_set, name, metadata)
         work = work_dir(dataset.root, name)
@@ -298,25 +308,16 @@ def _dumps(data: dict) -> bytes:
 
 def _prepare_work(root: Path, name: str, metadata: dict) -> Path:
     """The work folder for this run; parts of a run with other settings are discarded, never mixed in."""
-    work = work_dir(root, name)
-    settings = work / "run.json"
-    if work.exists():
-        previous = {}
-        if settings.is_file():
-            try:
-                previous = json.loads(settings.read_text())
-            except ValueError:
-                previous = {}
-        if previous.get("fingerprint") == metadata["fingerprint"]:
-            return work
-        logger.warning("discarding the unfinished relabel run in %s: it used other labelers or settings", work)
-        shutil.rmtree(work)
+    folder = work_folder(root, name)
     try:
-        work.mkdir(parents=True)
-        write_json(settings, metadata)
-    except OSError as error:
-        raise DatasetError(f"cannot write to {work.parent}: {error.strerror or error}") from None
-    return work
+        status = folder.open(metadata, LABEL_RULES, overwrite=True)
+    except DatasetError:  # an unreadable record: nothing in the folder can be trusted
+        shutil.rmtree(folder.path)
+        status = folder.open(metadata, LABEL_RULES)
+    if status.state == "replaced":
+        changed = ", ".join(c.path for c in status.changes)
+        logger.warning("discarding the unfinished relabel run in %s: it used other settings (%s)", folder.path, changed)
+    return folder.path
 
 
 def _batches(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
