@@ -159,7 +159,11 @@ def relabel(config: RelabelConfig, reporter: Reporter | None = None) -> RelabelO
     device = resolve_device(config.device)
     members = [load_labeler(spec, device) for spec in config.labelers]
     rectifier = Rectifier(members, dataset.label_set, config.policy, config.weights, config.min_confidence)
-    already = finished_samples(dataset, config.name, run_metadata(dataset, rectifier, config.name))
+    metadata = run_metadata(dataset, rectifier, config.name)
+    final = labels_file(dataset.root, config.name)
+    if final.exists() and not config.overwrite:
+        check_existing(final, metadata)  # before the progress bar: a refusal costs no display
+    already = finished_samples(dataset, config.name, metadata)
     start = time.perf_counter()
     with reporter.progress("relabelling", total=dataset.n, completed=already) as advance:
         output = relabel_dataset(
@@ -218,6 +222,16 @@ def run_metadata(dataset: SynferDataset, rectifier: Rectifier, name: str) -> dic
     return {**metadata, "fingerprint": json_sha256(content)}
 
 
+def check_existing(final: Path, metadata: dict) -> None:
+    """Refuse a labels file made with other labelers, settings or data, naming what differs."""
+    changes = LABEL_RULES.changes(read_labels_metadata(final), metadata)
+    if changes:
+        raise DatasetError(
+            f"{final} exists and was made with other labelers, settings or data (differs in: "
+            f"{', '.join(c.path for c in changes)}); choose another --name or pass --overwrite to replace it"
+        )
+
+
 def work_folder(root: Path, name: str) -> RunFolder:
     return RunFolder(work_dir(root, name), RUN_RECORD, "relabel run")
 
@@ -265,12 +279,7 @@ def relabel_dataset(
     metadata = run_metadata(dataset, rectifier, name)
     final = labels_file(dataset.root, name)
     if final.exists() and not overwrite:
-        changes = LABEL_RULES.changes(read_labels_metadata(final), metadata)
-        if changes:
-            raise DatasetError(
-                f"{final} exists and was made with other labelers, settings or data (differs in: "
-                f"{', '.join(c.path for c in changes)}); choose another --name or pass --overwrite to replace it"
-            )
+        check_existing(final, metadata)
         report = build_report(pq.read_table(final), dataset.label_set, name, metadata)
         work = work_dir(dataset.root, name)
         if not (report_file(dataset.root, name).exists() and matrix_figure(dataset.root, name).exists()):
