@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from ..expressions import Expression, parse_expression
+from ..prompts import EXPRESSION_PHRASES  # the phrases synfer's prompt builder uses for each expression
 from .identity import (
     BACKGROUND_COLOURS,
     BACKGROUND_PATTERNS,
@@ -27,17 +28,6 @@ from .identity import (
 
 MAX_CAPTION_WORDS = 40
 
-# The same phrases synfer's prompt builder uses for each expression.
-EXPRESSION_PHRASES: dict[Expression, str] = {
-    Expression.NEUTRAL: "with a neutral expression",
-    Expression.HAPPY: "smiling happily",
-    Expression.SAD: "looking sad",
-    Expression.SURPRISE: "looking surprised",
-    Expression.FEAR: "looking frightened",
-    Expression.DISGUST: "looking disgusted",
-    Expression.ANGER: "looking angry",
-    Expression.CONTEMPT: "with a contemptuous smirk",
-}
 HAIR_PHRASES: dict[str, str] = {
     "short": "short {colour} hair",
     "long": "long {colour} hair",
