@@ -18,6 +18,10 @@ An AU table (``--au-table``, parquet or CSV) has one row per real face and these
      intensities 0-5; an empty cell or an absent column means *unknown*.
 
 Rows whose label is outside the label set are never drawn.
+
+:func:`au_columns` reads these layouts (and, for ``synfer annotate-aus``, py-feat's ``AU06``
+probabilities and OpenGraphAU's ``AU1`` ... ``AUR14`` probabilities) from any table, so that every
+command that reads AU columns reads them the same way.
 """
 
 from __future__ import annotations
@@ -32,7 +36,17 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ..aus import AU_INDEX, DEFAULT_PRESENT_INTENSITY, MAX_INTENSITY, NUM_AUS, PROTOTYPE_AUS, AUVector, from_openface
+from ..aus import (
+    AU_INDEX,
+    AU_TABLE,
+    DEFAULT_PRESENT_INTENSITY,
+    MAX_INTENSITY,
+    NUM_AUS,
+    PROTOTYPE_AUS,
+    AUVector,
+    from_openface,
+    from_pyfeat,
+)
 from ..errors import AUError, ConfigError, LabelError, first_line
 from ..expressions import Expression, parse_expression
 from ..registry import Registry
@@ -175,7 +189,8 @@ _ACCEPTED_COLUMNS = (
 _OPENFACE = re.compile(r"^AU\d\d_[rc]$")
 
 
-def _read_table(path: Path):
+def read_table_file(path: Path):
+    """A parquet, CSV or TSV file as a pyarrow table, column names stripped; one-line errors."""
     import pyarrow.csv as pv
     import pyarrow.parquet as pq
 
@@ -232,6 +247,86 @@ def _from_openface(table, path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([v.values for v in vectors]), np.stack([v.known for v in vectors])
 
 
+def _from_probability_columns(table, path: Path, slots: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Occurrence probabilities 0-1 from the columns ``slots`` names; an empty cell means unknown."""
+    values = np.zeros((table.num_rows, NUM_AUS), np.float32)
+    known = np.zeros((table.num_rows, NUM_AUS), bool)
+    for name, slot in slots.items():
+        try:
+            column = table.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
+        except (TypeError, ValueError):
+            raise AUError(f"AU table {path}: column {name!r} must hold numbers (probabilities 0-1)") from None
+        present = ~np.isnan(column)
+        bad = present & ((column < 0) | (column > 1))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise AUError(f"AU table {path}, row {row}: {name} = {column[row]:g} is outside 0-1 (a probability)")
+        values[:, slot] = np.where(present, column, 0.0)
+        known[:, slot] = present
+    return values, known
+
+
+def _pyfeat_slots(names: list[str]) -> dict[str, int]:
+    """py-feat's ``AU06`` columns -> synfer slots (the columns :func:`synfer.aus.from_pyfeat` reads)."""
+    measured = from_pyfeat(dict.fromkeys(names, 0.0)).known
+    return {f"AU{AU_TABLE[slot].number:02d}": int(slot) for slot in np.flatnonzero(measured)}
+
+
+def _opengraphau_slots(names: list[str]) -> dict[str, int]:
+    """OpenGraphAU's output names (``AU1`` ... ``AU39``, ``AUL1`` ... ``AUR14``) -> synfer slots."""
+    from ..models.opengraphau import OPENGRAPHAU_TO_SYNFER  # its names; torch loads only for such a table
+
+    return {name: AU_INDEX[OPENGRAPHAU_TO_SYNFER[name]] for name in names if name in OPENGRAPHAU_TO_SYNFER}
+
+
+@dataclass(frozen=True)
+class AUColumns:
+    """AU scores read from a table's columns: ``values`` [N, 41] (0 where unknown), ``known`` [N, 41]."""
+
+    values: np.ndarray
+    known: np.ndarray
+    layout: str  # one of AU_COLUMN_LAYOUTS
+    scores: str  # "intensity" (0-5) or "probability" (0-1)
+
+
+# The column layouts au_columns knows, in the order it tries them, and the scores each holds.
+AU_COLUMN_LAYOUTS = {"aus": "intensity", "openface": "intensity", "pyfeat": "probability", "opengraphau": "probability",
+                     "named": "intensity"}
+INTENSITY_LAYOUTS = ("aus", "openface", "named")  # what an AU table of synfer generate holds
+_PYFEAT = re.compile(r"^AU0\d$")  # py-feat pads AU numbers to two digits: AU01 ... AU09 only it writes
+_OPENGRAPHAU = re.compile(r"^AU[LR]\d+$")  # OpenGraphAU's one-sided outputs: AUL1, AUR14
+
+
+def au_columns(table, path: Path, layouts: tuple[str, ...] = INTENSITY_LAYOUTS) -> AUColumns | None:
+    """The AU scores of ``table`` (pyarrow) in the first of ``layouts`` its columns match; None when none does.
+
+    Layouts: ``aus`` (41 values per cell, or an AU string), ``openface`` (``AU06_r``/``AU06_c``, through
+    :func:`synfer.aus.from_openface`), ``pyfeat`` (``AU01`` ... probabilities, the columns
+    :func:`synfer.aus.from_pyfeat` reads), ``opengraphau`` (``AU1`` ... ``AUL1`` ... probabilities) and
+    ``named`` (synfer's names ``AU1`` ... ``R14``, intensities). Unknown slots hold 0.
+    """
+    names = table.column_names
+    for layout in layouts:
+        if layout not in AU_COLUMN_LAYOUTS:
+            raise ConfigError(f"unknown AU column layout {layout!r} (accepted: {', '.join(AU_COLUMN_LAYOUTS)})")
+        if layout == "aus" and "aus" in names:
+            values, known = _from_aus_column(table, path)
+        elif layout == "openface" and any(_OPENFACE.match(c) for c in names):
+            values, known = _from_openface(table, path)
+        elif layout == "pyfeat" and any(_PYFEAT.match(c) for c in names):
+            values, known = _from_probability_columns(table, path, _pyfeat_slots(names))
+        elif layout == "opengraphau" and any(_OPENGRAPHAU.match(c) for c in names):
+            values, known = _from_probability_columns(table, path, _opengraphau_slots(names))
+        elif layout == "named" and any(c in AU_INDEX for c in names):
+            values, known = _from_named_columns(table, path, [c for c in names if c in AU_INDEX])
+        else:
+            continue
+        if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > MAX_INTENSITY:
+            raise AUError(f"AU table {path}: AU intensities must lie in 0-{MAX_INTENSITY:g}")
+        return AUColumns(np.where(known, values, 0.0).astype(np.float32), known, layout, AU_COLUMN_LAYOUTS[layout])
+    return None
+
+
 def _from_named_columns(table, path: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     values = np.zeros((table.num_rows, NUM_AUS), np.float32)
     known = np.zeros((table.num_rows, NUM_AUS), bool)
@@ -257,25 +352,16 @@ def load_au_table(path: str | Path) -> AUTable:
     if not path.is_file():
         raise ConfigError(f"AU table {str(path)!r} does not exist")
     sha256 = file_sha256(path)
-    table = _read_table(path)
+    table = read_table_file(path)
     if "label" not in table.column_names:
         raise ConfigError(f"AU table {path} has no 'label' column; {_ACCEPTED_COLUMNS}")
     if table.num_rows == 0:
         raise ConfigError(f"AU table {path} has no rows")
     labels = _labels(table.column("label"), path)
-    named = [c for c in table.column_names if c in AU_INDEX]
-    if "aus" in table.column_names:
-        values, known = _from_aus_column(table, path)
-    elif any(_OPENFACE.match(c) for c in table.column_names):
-        values, known = _from_openface(table, path)
-    elif named:
-        values, known = _from_named_columns(table, path, named)
-    else:
+    columns = au_columns(table, path)
+    if columns is None:
         raise ConfigError(f"AU table {path} has no AU columns; {_ACCEPTED_COLUMNS}")
-    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > MAX_INTENSITY:
-        raise AUError(f"AU table {path}: AU intensities must lie in 0-{MAX_INTENSITY:g}")
-    values = np.where(known, values, 0.0).astype(np.float32)
-    return AUTable(path, sha256, labels, values, known)
+    return AUTable(path, sha256, labels, columns.values, columns.known)
 
 
 def _prototype(config: PlanConfig) -> AUSource:
