@@ -34,6 +34,7 @@ class LabelledImage:
     image: Image.Image  # RGB
     label: Expression
     source: str  # file path or sample key, for messages
+    id: str | None = None  # the sample's id (see LabelledDataset.sample_ids), where the layout gives one
 
 
 class UnreadableImage(DatasetError):
@@ -113,6 +114,13 @@ class LabelledDataset:
     def groups(self) -> np.ndarray | None:
         """For sequential datasets: the group (shard) of each sample, to be read together."""
         return None
+
+    def sample_ids(self) -> list[str]:
+        """Each sample's id, unique in the dataset: its image path relative to the image folder, or its key.
+
+        AU tables (``synfer.data.au_table``) name images by these ids; :class:`LabelledImage` carries it.
+        """
+        raise DatasetError(f"{self.layout} datasets give their images no ids (an AU table cannot be joined to them)")
 
     def raw(self, positions: Sequence[int]) -> Iterator:
         """One undecoded item per entry of ``positions`` (repeats allowed).

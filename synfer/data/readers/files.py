@@ -69,10 +69,13 @@ class ImageFiles(LabelledDataset):
     def path(self, position: int) -> Path:
         return self.image_root / os.fsdecode(self._files[position])
 
+    def sample_ids(self) -> list[str]:
+        return [os.fsdecode(name) for name in self._files]
+
     def raw(self, positions: Sequence[int]) -> Iterator[int]:
         return iter(positions)
 
     def decode(self, raw: int) -> LabelledImage:
         box = tuple(float(v) for v in self._boxes[raw]) if self._boxes is not None else None
         path = self.path(raw)
-        return LabelledImage(open_image(path, box), Expression(int(self.labels[raw])), str(path))
+        return LabelledImage(open_image(path, box), Expression(int(self.labels[raw])), str(path), os.fsdecode(self._files[raw]))

@@ -110,6 +110,9 @@ class SynferShards(LabelledDataset):
     def groups(self) -> np.ndarray:
         return self._shards
 
+    def sample_ids(self) -> list[str]:
+        return [key.decode() for key in self._keys]
+
     def raw(self, positions: Sequence[int]) -> Iterator[tuple]:
         positions = np.asarray(positions, dtype=np.int64)
         start = 0
@@ -150,7 +153,7 @@ class SynferShards(LabelledDataset):
         source = f"{key} in {self._urls[int(self._shards[position])]}"
         if data is None:
             raise UnreadableImage(f"{source}: no image for this sample in its shard")
-        return LabelledImage(decode_image_bytes(data, source), Expression(int(self.labels[position])), key)
+        return LabelledImage(decode_image_bytes(data, source), Expression(int(self.labels[position])), key, key)
 
 
 def open_synfer(
