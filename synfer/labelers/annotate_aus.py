@@ -353,10 +353,44 @@ def normalise_id(value, root: Path) -> str | None:
     return text
 
 
-def _read_scores(path: Path, config: AnnotateConfig) -> tuple[list, np.ndarray, np.ndarray, str, str, dict]:
-    """(row ids, values, known, scores kind, layout, source extras) of an AU file."""
+@dataclass
+class AUFile:
+    """An AU file read for joining: one entry per row that names an image (``rows``: id -> row)."""
+
+    path: Path
+    ids: list[str | None]  # per row, normalised (None where the row names no image)
+    values: np.ndarray  # [rows, 41]
+    known: np.ndarray  # [rows, 41]
+    kind: str  # "intensity" or "probability"
+    layout: str  # "synfer" (an AU table) or one of synfer.synth.au_sources.AU_COLUMN_LAYOUTS
+    extra: dict = field(default_factory=dict)  # what the record keeps about how it was read (id column, source)
+    threshold: float | None = None  # a synfer AU table's own suggested threshold
+
+    @property
+    def rows(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for row, image_id in enumerate(self.ids):
+            if image_id is None:
+                continue
+            if image_id in found:
+                raise DatasetError(f"AU table {self.path} names image {image_id!r} twice (rows {found[image_id]} and {row})")
+            found[image_id] = row
+        return found
+
+    @property
+    def suggested_threshold(self) -> float | None:
+        if self.layout == "synfer":
+            return self.threshold
+        return 0.5 if self.kind == "probability" else None  # py-feat's and OpenGraphAU's own
+
+
+def read_au_file(path: str | Path, root: Path, id_column: str | None = None, scores: str | None = None) -> AUFile:
+    """An AU file whose rows name images of the dataset at ``root``: a synfer AU table (its kind kept) or any
+    file :func:`synfer.synth.au_sources.au_columns` reads, its ids from ``id_column`` (default ``id`` or
+    ``file_name``), normalised by :func:`normalise_id`. ``scores`` says what plain columns hold."""
     from ..synth.au_sources import AU_COLUMN_LAYOUTS, au_columns, read_table_file
 
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"AU table {str(path)!r} does not exist")
     if path.suffix.lower() == ".parquet":
@@ -366,7 +400,8 @@ def _read_scores(path: Path, config: AnnotateConfig) -> tuple[list, np.ndarray, 
             metadata = None
         if metadata is not None:  # a synfer AU table says itself what its scores are
             table = read_au_table(path)
-            return list(table.ids), table.scores, table.known, table.kind, "synfer", {"from": table.source}
+            return AUFile(path, [normalise_id(i, root) for i in table.ids], table.scores, table.known, table.kind, "synfer",
+                          {"from": table.source}, table.suggested_threshold)
     table = read_table_file(path)
     columns = au_columns(table, path, tuple(AU_COLUMN_LAYOUTS))
     if columns is None:
@@ -374,42 +409,44 @@ def _read_scores(path: Path, config: AnnotateConfig) -> tuple[list, np.ndarray, 
             f"AU table {path} has no AU columns (accepted: OpenFace AU06_r/AU06_c, py-feat AU06, OpenGraphAU AU1 ... AUR14, "
             "one column per AU named AU1 ... R14, or an 'aus' column of 41 values)"
         )
-    id_column = config.id_column or next((c for c in ID_COLUMNS if c in table.column_names), None)
+    id_column = id_column or next((c for c in ID_COLUMNS if c in table.column_names), None)
     if id_column is None or id_column not in table.column_names:
-        wanted = f"column {config.id_column!r}" if config.id_column else f"an {' or '.join(repr(c) for c in ID_COLUMNS)} column"
+        wanted = f"column {id_column!r}" if id_column else f"an {' or '.join(repr(c) for c in ID_COLUMNS)} column"
         raise ConfigError(
             f"AU table {path} has no {wanted} naming each row's image (columns: {', '.join(table.column_names)}); "
             "name it with --id-column"
         )
-    kind = config.table_scores or columns.scores
+    kind = scores or columns.scores
+    if kind not in SCORE_KINDS:
+        raise ConfigError(f"unknown AU score kind {kind!r} (accepted: {', '.join(SCORE_KINDS)})")
     if kind == "probability" and columns.values.max(initial=0.0) > 1.0:
         row = int(np.argwhere(columns.values > 1.0)[0][0])
         raise ConfigError(f"AU table {path}, row {row}: a score above 1 is no probability; pass --table-scores intensity")
-    return table.column(id_column).to_pylist(), columns.values, columns.known, kind, columns.layout, {"id_column": id_column}
+    ids = [normalise_id(v, root) for v in table.column(id_column).to_pylist()]
+    return AUFile(path, ids, columns.values, columns.known, kind, columns.layout, {"id_column": id_column})
+
+
+def match_ids(image_ids: list[str], au_file: AUFile, where: str) -> tuple[list[int], np.ndarray]:
+    """(positions of ``image_ids`` that have a row, those rows); no match at all is an error showing one id of each."""
+    rows = au_file.rows
+    matched = [i for i, image_id in enumerate(image_ids) if image_id in rows]
+    if not matched:
+        table_example = next((i for i in au_file.ids if i is not None), None)
+        raise DatasetError(
+            f"no image of {where} matches a row of AU table {au_file.path}: the table has {len(au_file.ids)} rows "
+            f"(e.g. id {table_example!r}) and the dataset {len(image_ids)} images (e.g. id {image_ids[0] if image_ids else None!r}); "
+            "ids are paths relative to the dataset folder (see --id-column)"
+        )
+    return matched, np.asarray([rows[image_ids[i]] for i in matched], dtype=np.int64)
 
 
 def _annotate_from_table(config: AnnotateConfig, dataset: CaptionedDataset, folder: RunFolder, reporter: Reporter) -> AnnotateResult:
     from ..models.fingerprint import json_sha256
     from ..synth.au_sources import file_sha256
 
-    path = Path(config.detector.partition(":")[2])
-    raw_ids, values, known, kind, layout, extra = _read_scores(path, config)
-    ids = [normalise_id(v, dataset.root) for v in raw_ids]
-    rows: dict[str, int] = {}
-    for row, image_id in enumerate(ids):
-        if image_id is None:
-            continue
-        if image_id in rows:
-            raise DatasetError(f"AU table {path} names image {image_id!r} twice (rows {rows[image_id]} and {row})")
-        rows[image_id] = row
-    matched = [i for i, image_id in enumerate(dataset.ids) if image_id in rows]
-    if not matched:
-        table_example = next((i for i in ids if i is not None), None)
-        raise DatasetError(
-            f"no image of {dataset.root} matches a row of AU table {path}: the table has {len(ids)} rows "
-            f"(e.g. id {table_example!r}) and the dataset {len(dataset)} images (e.g. id {dataset.ids[0]!r}); "
-            "ids are paths relative to the dataset folder (see --id-column)"
-        )
+    au_file = read_au_file(config.detector.partition(":")[2], dataset.root, config.id_column, config.table_scores)
+    path, kind, layout, extra = au_file.path, au_file.kind, au_file.layout, au_file.extra
+    matched, picked = match_ids(dataset.ids, au_file, str(dataset.root))
     sha256 = file_sha256(path)
     record = {
         "format": ANNOTATE_FORMAT,
@@ -421,22 +458,21 @@ def _annotate_from_table(config: AnnotateConfig, dataset: CaptionedDataset, fold
     }
     final = folder.path / TABLE_NAME
     status = _open_run(folder, json_safe(record), config, reporter)
-    result = AnnotateResult(folder.path, final, TABLE_KIND, kind, len(dataset), len(matched), table_rows=len(ids))
+    result = AnnotateResult(folder.path, final, TABLE_KIND, kind, len(dataset), len(matched), table_rows=len(au_file.ids))
     if status.state == "same" and final.is_file():
         result.already_complete = True
         return result
-    picked = np.asarray([rows[dataset.ids[i]] for i in matched], dtype=np.int64)
     table = AUScores(
         ids=[dataset.ids[i] for i in matched],
-        scores=values[picked],
-        known=known[picked],
+        scores=au_file.values[picked],
+        known=au_file.known[picked],
         kind=kind,
         source={"detector": TABLE_KIND, "path": str(path), "table_sha256": sha256, "layout": layout, **json_safe(extra),
-                "data": {"layout": dataset.layout, "images": len(dataset), "matched": len(matched), "table_rows": len(ids)}},
-        suggested_threshold=0.5 if kind == "probability" else None,
+                "data": {"layout": dataset.layout, "images": len(dataset), "matched": len(matched), "table_rows": len(au_file.ids)}},
+        suggested_threshold=au_file.suggested_threshold,
     )
     write_au_table(final, table)
-    reporter.log(f"{len(matched)} of {len(dataset)} images matched a row of {path} ({len(ids)} rows)")
+    reporter.log(f"{len(matched)} of {len(dataset)} images matched a row of {path} ({len(au_file.ids)} rows)")
     result.annotated = len(matched)
     return result
 
