@@ -80,6 +80,11 @@ AU_NAMES: tuple[str, ...] = tuple(au.name for au in AU_TABLE)
 NUM_AUS = len(AU_TABLE)
 AU_INDEX: dict[str, int] = {name: i for i, name in enumerate(AU_NAMES)}
 
+# For each slot, the slot that holds its AU in the horizontally flipped image: left and right swap.
+MIRRORED_SLOTS: tuple[int, ...] = tuple(
+    AU_INDEX[f"{'R' if au.side == 'left' else 'L'}{au.number}"] if au.side else slot for slot, au in enumerate(AU_TABLE)
+)
+
 MAX_INTENSITY = 5.0
 DEFAULT_PRESENT_INTENSITY = 3.0  # FACS "C" (marked): what a bare "6,12" or a binary "present" means
 FACS_LETTERS = {"A": 1.0, "B": 2.0, "C": 3.0, "D": 4.0, "E": 5.0}

@@ -1,4 +1,7 @@
-"""``synfer train-downstream``: what is the synthetic data worth? Train a FER classifier, test it on real faces."""
+"""``synfer train-downstream``: what is the synthetic data worth? Train a FER classifier, test it on real faces.
+
+With ``--task aus`` the same trainer makes an AU detector from images and an AU table.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..data.readers import LAYOUTS
 from ..models.backbone_specs import BACKBONES
 from ..train import MIXED_PRECISIONS
-from ..train.downstream import BEST_METRICS
+from ..train.downstream import TASK_BEST_METRICS, TASKS
 from ..train.downstream import DownstreamConfig as C
 from . import app
 from ._common import RateColumn, console, err_console, quiet_libraries
@@ -57,14 +60,28 @@ class _RichHooks:
 
     def evaluated(self, step: int, metrics) -> None:
         summary = metrics.summary()
-        line = (f"step {step}: accuracy {summary['accuracy']:.4f}, balanced accuracy {summary['balanced_accuracy']:.4f}, "
-                f"macro-F1 {summary['macro_f1']:.4f}")
+        if "accuracy" in summary:
+            line = (f"step {step}: accuracy {summary['accuracy']:.4f}, balanced accuracy {summary['balanced_accuracy']:.4f}, "
+                    f"macro-F1 {summary['macro_f1']:.4f}")
+        else:
+            line = f"step {step}: {_au_summary(summary)}"
         (self.progress.console if self.progress is not None else err_console).print(line, highlight=False)
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def _figure(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _au_summary(summary: dict) -> str:
+    return f"mean F1 {_figure(summary['f1'])}, MAE {_figure(summary['mae'])}, Pearson {_figure(summary['pearson'])}"
+
+
+_BEST_HELP = "; ".join(f"{task}: {', '.join(names)}" for task, names in TASK_BEST_METRICS.items())
 
 
 @app.command("train-downstream")
@@ -109,7 +126,7 @@ def train_downstream(
     keep_checkpoints: int = typer.Option(C.keep_checkpoints, "--keep-checkpoints"),
     eval_every: int = typer.Option(C.eval_every, "--eval-every", help="Steps between evaluations (default: every epoch)."),
     eval_batch_size: int = typer.Option(C.eval_batch_size, "--eval-batch-size"),
-    best_metric: str = typer.Option(C.best_metric, "--best-metric", help=f"{', '.join(BEST_METRICS)}: picks best/."),
+    best_metric: str = typer.Option(C.best_metric, "--best-metric", help=f"Picks best/ ({_BEST_HELP}; default: the first)."),
     crop_face: bool = typer.Option(C.crop_face, "--crop-face", help="AffectNet CSV layout: crop each image to its face box."),
     numbering: str = typer.Option(C.numbering, "--numbering", help="Image folders named by number: affectnet, rafdb or fer2013 codes."),
     strict: bool = typer.Option(C.strict, "--strict", help="Fail on missing or unreadable images instead of counting them."),
@@ -118,8 +135,23 @@ def train_downstream(
     ),
     seed: int = typer.Option(C.seed, "--seed", min=0),
     resume: bool = typer.Option(C.resume, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    task: str = typer.Option(
+        C.task, "--task", help=f"{' or '.join(TASKS)}: a FER classifier, or an AU detector trained on AU targets (0-5 or 0-1)."
+    ),
+    au_table: str = typer.Option(
+        C.au_table, "--au-table", help="aus: AU targets of the training images (in --mixed: the real ones), joined by id: an AU table "
+        "(annotate-aus, world make) or a CSV/parquet of OpenFace, py-feat or per-AU columns (default: aus.parquet beside the images, "
+        "or a synfer dataset's own AUs).",
+    ),
+    eval_au_table: str = typer.Option(C.eval_au_table, "--eval-au-table", help="aus: AU targets of the evaluation images (same defaults)."),
+    au_id_column: str = typer.Option(
+        C.au_id_column, "--au-id-column", help="aus: the CSV column naming each row's image (default: id or file_name)."
+    ),
+    au_threshold: float = typer.Option(
+        C.au_threshold, "--au-threshold", help="aus: scores at or above it are occurrences, for F1 (default: intensity 1, probability 0.5)."
+    ),
 ) -> None:
-    """Train a FER classifier on synthetic, real or mixed data and evaluate it on real images."""
+    """Train a FER classifier (or with --task aus an AU detector) on synthetic, real or mixed data; evaluate it on real images."""
     from ..train.downstream import choose_mode
     from ..train.downstream import train_downstream as run_training
 
@@ -133,7 +165,8 @@ def train_downstream(
         mixed_precision=mixed_precision, cpu=cpu, workers=workers, shuffle_buffer=shuffle_buffer,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, eval_every=eval_every,
         eval_batch_size=eval_batch_size, best_metric=best_metric, crop_face=crop_face, numbering=numbering,
-        strict=strict, skip_damaged=skip_damaged, seed=seed, resume=resume,
+        strict=strict, skip_damaged=skip_damaged, seed=seed, resume=resume, task=task, au_table=au_table,
+        eval_au_table=eval_au_table, au_id_column=au_id_column, au_threshold=au_threshold,
     )
     quiet_libraries()
     hooks = _RichHooks()
@@ -150,6 +183,14 @@ def train_downstream(
     if not PartialState().is_main_process:
         return
     best, last = result.best.summary(), result.last.summary()
+    if result.task == "aus":
+        console.print(
+            f"{out}: {result.steps} steps; best (step {result.best_step}) {_au_summary(best)}; last {_au_summary(last)}"
+            + (f"; {result.unreadable} unreadable images skipped" if result.unreadable else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     console.print(
         f"{out}: {result.steps} steps; best (step {result.best_step}) accuracy {best['accuracy']:.4f}, "
         f"balanced accuracy {best['balanced_accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}; "

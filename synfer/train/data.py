@@ -80,7 +80,12 @@ def reading_order(positions: np.ndarray, groups: np.ndarray, rng: np.random.Gene
 
 
 def to_item(dataset: LabelledDataset, raw, label_set: LabelSet, size: int, source: int = 0) -> dict:
-    """A decoded, resized sample as the DataLoader collates it; unreadable images become flagged blanks."""
+    """A decoded, resized sample as the DataLoader collates it; unreadable images become flagged blanks.
+
+    A dataset that carries more targets than a label (AU targets, :mod:`synfer.train.au_targets`)
+    adds its fields through ``item_targets(sample)`` (``item_targets(None)`` for an unreadable image).
+    """
+    extra = getattr(dataset, "item_targets", None)
     try:
         sample = dataset.decode(raw)
     except UnreadableImage as error:
@@ -90,10 +95,12 @@ def to_item(dataset: LabelledDataset, raw, label_set: LabelSet, size: int, sourc
             "valid": False,
             "error": str(error),
             "source": source,
+            **(extra(None) if extra is not None else {}),
         }
     image = sample.image if sample.image.size == (size, size) else sample.image.resize((size, size), Image.BILINEAR)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return {"image": pixels, "target": label_set.index(sample.label), "valid": True, "error": "", "source": source}
+    item = {"image": pixels, "target": label_set.index(sample.label), "valid": True, "error": "", "source": source}
+    return {**item, **extra(sample)} if extra is not None else item
 
 
 class TrainStream(IterableDataset):

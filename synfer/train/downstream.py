@@ -2,11 +2,18 @@
 real or mixed images and evaluate it on real ones. Built on accelerate (one process per GPU,
 mixed precision, gradient accumulation, checkpoint + resume).
 
+The same trainer serves a second *task*, ``aus``: an AU detector (:mod:`synfer.models.au_detector`)
+trained on the images' AU targets, joined from an AU table by image id
+(:mod:`synfer.train.au_targets`), with a loss masked to the known slots, and measured by per-AU F1,
+MAE and Pearson (:mod:`synfer.train.au_metrics`). Data streaming, accelerate, EMA, checkpoints and
+exact resume are shared; :mod:`synfer.train.tasks` holds what differs.
+
 ```
 RUN/
   config.json           the run's options and what its datasets held
   checkpoints/step-N/   accelerate state (model, optimizer, scheduler, RNG), EMA, trainer_state.json
   best/  last/          FER classifiers (config.json + model.safetensors) for load_classifier
+                        (--task aus: AU detector folders for load_au_detector("detector:..."))
   confusion.png  curves.png
   metrics.json          best and last evaluation and the history; written last, so it marks a finished run
 ```
@@ -33,7 +40,12 @@ from . import MIXED_PRECISIONS
 from .checkpoints import CHECKPOINTS_DIR
 
 MODES = ("synthetic-only", "real-only", "mixed")
+TASKS = ("classification", "aus")
 BEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+AU_BEST_METRICS = ("f1", "mae", "pearson")  # means over the AUs; MAE picks the lowest
+TASK_BEST_METRICS = {"classification": BEST_METRICS, "aus": AU_BEST_METRICS}
+# Options of --task aus only; a classification run's record leaves them out, as it did before there were tasks.
+AU_OPTIONS = ("task", "au_table", "eval_au_table", "au_id_column", "au_threshold")
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.json"
 # Options that may change when a run resumes: they decide nothing about the weights.
@@ -47,6 +59,12 @@ class DownstreamConfig:
 
     ``mode`` None picks it from the datasets given (both: mixed). ``workers`` None uses every core
     this process may run on (on a resume: the run's own count, which its data order depends on).
+    ``task`` ``aus`` trains an AU detector instead of a classifier: ``au_table`` gives the training
+    images' AU targets (in mixed mode the real images'; default: ``aus.parquet`` beside the split's
+    images, or a synfer dataset's generated AUs), ``eval_au_table`` the evaluation images',
+    ``au_id_column`` the column that names the images in a CSV, ``au_threshold`` where a score counts
+    as an occurrence for F1 (default: intensity 1, probability 0.5). ``best_metric`` None is the
+    task's first (accuracy, or F1).
     """
 
     out: str
@@ -84,15 +102,30 @@ class DownstreamConfig:
     keep_checkpoints: int = 2
     eval_every: int | None = None  # steps; None: after every epoch
     eval_batch_size: int | None = None
-    best_metric: str = "accuracy"
+    best_metric: str | None = None
     crop_face: bool = False
     numbering: str | None = None
     strict: bool = False
     skip_damaged: bool = False
     seed: int = 0
     resume: bool = False
+    task: str = "classification"
+    au_table: str | None = None
+    eval_au_table: str | None = None
+    au_id_column: str | None = None
+    au_threshold: float | None = None
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown --task {self.task!r} (accepted: {', '.join(TASKS)})")
+        if self.task != "aus":
+            given = [name for name in AU_OPTIONS[1:] if getattr(self, name) is not None]
+            if given:
+                raise ConfigError(f"--{given[0].replace('_', '-')} applies to --task aus only")
+        if self.au_threshold is not None and not self.au_threshold > 0:
+            raise ConfigError(f"--au-threshold must be positive, got {self.au_threshold}")
+        if self.best_metric is None:
+            object.__setattr__(self, "best_metric", TASK_BEST_METRICS[self.task][0])
         if self.mode is None:
             object.__setattr__(self, "mode", choose_mode(synthetic=self.synthetic, real=self.real))
         if self.mode not in MODES:
@@ -129,11 +162,16 @@ class DownstreamConfig:
             raise ConfigError(f"--ema-decay must lie strictly between 0 and 1, got {self.ema_decay}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ConfigError(f"unknown mixed precision {self.mixed_precision!r} (accepted: {', '.join(MIXED_PRECISIONS)})")
-        if self.best_metric not in BEST_METRICS:
-            raise ConfigError(f"unknown --best-metric {self.best_metric!r} (accepted: {', '.join(BEST_METRICS)})")
+        if self.best_metric not in TASK_BEST_METRICS[self.task]:
+            accepted = ", ".join(TASK_BEST_METRICS[self.task])
+            raise ConfigError(f"unknown --best-metric {self.best_metric!r} for --task {self.task} (accepted: {accepted})")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.task == "classification":
+            for name in AU_OPTIONS:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> DownstreamConfig:
@@ -162,9 +200,10 @@ class DownstreamOutput:
     run_dir: Path
     steps: int
     best_step: int
-    best: ClassificationMetrics
+    best: ClassificationMetrics  # AUMetrics (synfer.train.au_metrics) for --task aus
     last: ClassificationMetrics
     unreadable: int = 0
+    task: str = "classification"
 
 
 class TrainHooks:
@@ -272,10 +311,15 @@ def open_datasets(config: DownstreamConfig) -> tuple[list[tuple[str, LabelledDat
 def finished_output(run: Path) -> DownstreamOutput:
     """The result of a run that already finished, from its metrics.json."""
     data = json.loads((run / METRICS_NAME).read_text())
+    task = data.get("task", "classification")
+    if task == "aus":
+        from .au_metrics import AUMetrics as metrics
+    else:
+        metrics = ClassificationMetrics
     return DownstreamOutput(
         run, int(data["last"]["step"]), int(data["best"]["step"]),
-        ClassificationMetrics.from_dict(data["best"]), ClassificationMetrics.from_dict(data["last"]),
-        int(data["train"]["unreadable"]),
+        metrics.from_dict(data["best"]), metrics.from_dict(data["last"]),
+        int(data["train"]["unreadable"]), task,
     )
 
 

@@ -1,7 +1,8 @@
-"""The downstream training loop: one classifier trained on accelerate, evaluated on real faces.
+"""The downstream training loop: one model trained on accelerate, evaluated on real faces.
 
 :func:`synfer.train.downstream.train_downstream` checks the options and the run folder and then runs
-:class:`DownstreamTrainer` (kept here so that reading the options loads no torch).
+:class:`DownstreamTrainer` (kept here so that reading the options loads no torch). What depends on
+the task (a FER classifier, or an AU detector with ``--task aus``) is in :mod:`synfer.train.tasks`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .. import __version__
 from ..data.format import write_json
@@ -22,7 +22,7 @@ from ..data.readers import LabelledDataset
 from ..data.run_folder import replace_dir
 from ..errors import ConfigError, DatasetError
 from ..eval.metrics import ClassificationMetrics
-from ..expressions import LabelSet, get_label_set
+from ..expressions import get_label_set
 from . import make_accelerator
 from .checkpoints import (
     CHECKPOINTS_DIR,
@@ -32,8 +32,6 @@ from .checkpoints import (
     save_ema,
 )
 from .data import (
-    IGNORE_INDEX,
-    EvalStream,
     Source,
     StreamShape,
     TrainStream,
@@ -48,6 +46,9 @@ from .downstream import (
     TrainHooks,
     open_datasets,
 )
+from .tasks import evaluate, make_task
+
+__all__ = ["DownstreamTrainer", "TrainerState", "evaluate", "training_sources"]
 
 
 @dataclass
@@ -80,36 +81,6 @@ def training_sources(config: DownstreamConfig, train: list[tuple[str, LabelledDa
     return [Source(real, len(real)), Source(dict(train)["synthetic"], synthetic_count)]
 
 
-# -- evaluation -----------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate(
-    model, dataset: LabelledDataset, label_set: LabelSet, image_size: int, batch_size: int, workers: int, accelerator=None,
-    seed: int = 0,
-):
-    """Metrics of ``model`` on ``dataset`` (summed over processes) and the unreadable images' messages."""
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    processes, index = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
-    stream = EvalStream(dataset, label_set, image_size, processes, index)
-    classes = label_set.num_classes
-    confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
-    errors: list[str] = []
-    was_training = model.training
-    model.eval()
-    for batch in make_loader(stream, batch_size, workers, seed, pin_memory=device.type == "cuda"):
-        errors += [e for e in batch["error"] if e]
-        valid = batch["valid"].to(device)
-        if not valid.any():
-            continue
-        predictions = model(batch["image"].to(device).float().div_(255)).argmax(dim=1)
-        targets = batch["target"].to(device)
-        confusion += torch.bincount(targets[valid] * classes + predictions[valid], minlength=classes * classes)
-    if accelerator is not None:
-        confusion = accelerator.reduce(confusion, "sum")
-    model.train(was_training)
-    return ClassificationMetrics(tuple(label_set.names), confusion.view(classes, classes).cpu().numpy()), errors
-
-
 # -- training -----------------------------------------------------------------------------------------
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -134,17 +105,16 @@ class DownstreamTrainer:
         from accelerate.utils import set_seed
         from diffusers.optimization import get_scheduler
 
-        from ..models.classifier import create_classifier
-
         config = self.config
+        self.task = make_task(config)
         self.label_set = get_label_set(config.classes)
-        self.train_sets, self.eval_set = open_datasets(config)
+        self.train_sets, self.eval_set = self.task.prepare(config, *open_datasets(config))
         self.accelerator = make_accelerator(
             mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu
         )
         accelerator = self.accelerator
         set_seed(config.seed)
-        model = create_classifier(config.backbone, self.label_set, config.weights, input_size=config.image_size)
+        model = self.task.create_model(config, self.label_set, self.train_sets)
         # Each process augments differently from here on; the model started identical everywhere.
         set_seed(config.seed, device_specific=True)
         self.image_size = model.input_size
@@ -176,11 +146,7 @@ class DownstreamTrainer:
 
             self.ema = EMAModel(self.unwrapped.parameters(), decay=config.ema_decay)
             self.ema.to(accelerator.device)
-        self.augment = None
-        if config.augment:
-            from .augment import face_augmentation
-
-            self.augment = face_augmentation(self.image_size).to(accelerator.device)
+        self.augment = self.task.augmentation(self.image_size).to(accelerator.device) if config.augment else None
         self.state = TrainerState()
 
     @property
@@ -206,14 +172,14 @@ class DownstreamTrainer:
             "datasets": datasets,
         }
 
-    @staticmethod
-    def _dataset_info(dataset: LabelledDataset) -> dict:
+    def _dataset_info(self, dataset: LabelledDataset) -> dict:
         return {
             "name": dataset.name,
             "root": str(dataset.root),
             "images": len(dataset),
             "classes": dataset.class_counts(),
             "left_out": dataset.stats.to_dict(),
+            **self.task.dataset_info(dataset),
         }
 
     def resume(self) -> None:
@@ -275,7 +241,7 @@ class DownstreamTrainer:
         finally:
             self.ema.restore(parameters)
 
-    def save_classifier(self, name: str, metrics: ClassificationMetrics) -> None:
+    def save_model(self, name: str, metrics: ClassificationMetrics) -> None:
         if not self.main:
             return
         final = self.run / name
@@ -292,9 +258,9 @@ class DownstreamTrainer:
         def run():
             # The bare module: a DDP forward may broadcast buffers, a collective that would hang
             # when processes evaluate different numbers of batches.
-            return evaluate(
+            return self.task.evaluate(
                 self.unwrapped, self.eval_set, self.label_set, self.image_size, config.eval_batch_size or config.batch_size,
-                config.workers, self.accelerator, config.seed,
+                config.workers, self.accelerator, config.seed, config,
             )
 
         metrics, errors = self._with_eval_weights(run)
@@ -302,9 +268,9 @@ class DownstreamTrainer:
         self.last = metrics
         self.state.evals.append({"step": self.state.step, **metrics.summary()})
         score = metrics.summary()[config.best_metric]
-        if self.state.best is None or score > self.state.best[config.best_metric]:
+        if self.state.best is None or self.task.better(config.best_metric, score, self.state.best[config.best_metric]):
             self.state.best = {"step": self.state.step, **metrics.to_dict()}
-            self.save_classifier("best", metrics)
+            self.save_model("best", metrics)
         if self.main:
             self.hooks.evaluated(self.state.step, metrics)
         return metrics
@@ -338,15 +304,9 @@ class DownstreamTrainer:
             step_loss = 0.0
             for batch in loader:
                 self._note_unreadable([e for e in batch["error"] if e])
-                images = batch["image"].to(accelerator.device, non_blocking=True).float().div_(255)
-                targets = batch["target"].to(accelerator.device, non_blocking=True)
-                if self.augment is not None:
-                    images = self.augment(images)
+                images, targets = self.task.batch(batch, accelerator.device, self.augment)
                 with accelerator.accumulate(self.model):
-                    logits = self.model(images).float()
-                    loss = F.cross_entropy(
-                        logits, targets, ignore_index=IGNORE_INDEX, label_smoothing=config.label_smoothing, reduction="sum"
-                    ) / batch["valid"].sum().clamp(min=1).to(accelerator.device)
+                    loss = self.task.loss(self.model(images), targets, config, accelerator.device)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.grad_clip > 0:
                         accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip)
@@ -379,20 +339,12 @@ class DownstreamTrainer:
                 self.hooks.epoch_finished(epoch)
 
     def finish(self) -> DownstreamOutput:
-        from ..eval.plots import plot_curves, plot_matrix
-
         state = self.state
         last = self.last  # the loop always ends with an evaluation at the last step
-        best = ClassificationMetrics.from_dict(state.best)
+        best = self.task.metrics_from_dict(state.best)
         if self.main:
-            self.save_classifier("last", last)
-            names = self.label_set.names
-            title = f"{self.eval_set.name}, step {state.best['step']}"
-            self._commit_figure(lambda p: plot_matrix(best.confusion, names, names, p, title=title), "confusion.png")
-            series = {"train loss": [tuple(p) for p in state.loss]}
-            for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1")):
-                series[f"eval {label}"] = [(e["step"], e[key]) for e in state.evals]
-            self._commit_figure(lambda p: plot_curves(series, p, title=f"{self.config.backbone} on {self.config.mode} data"), "curves.png")
+            self.save_model("last", last)
+            self.task.figures(self, best, self._commit_figure)
             write_json(self.run / METRICS_NAME, {
                 "best_metric": self.config.best_metric,
                 "best": state.best,
@@ -401,9 +353,10 @@ class DownstreamTrainer:
                 "eval": self._dataset_info(self.eval_set),
                 "train": {"mode": self.config.mode, "steps": state.step, "images": state.images,
                           "unreadable": state.unreadable, "unreadable_examples": state.unreadable_examples},
+                **self.task.metrics_extra(self),
             })
         self.accelerator.wait_for_everyone()
-        return DownstreamOutput(self.run, state.step, int(state.best["step"]), best, last, state.unreadable)
+        return DownstreamOutput(self.run, state.step, int(state.best["step"]), best, last, state.unreadable, self.task.name)
 
     def close(self) -> None:
         """Let go of what accelerate holds for this run (prepared models, optimizer, dataloaders)."""
