@@ -225,3 +225,29 @@ def test_data_without_au_targets_or_matching_ids_is_one_clear_error(tmp_path):
     (tmp_path / "aus.csv").write_text("file_name,AU6\n0.png,1\n")
     with pytest.raises(DatasetError, match=r"the table has 1 rows \(e.g. id '0.png'\) and the dataset 8 images \(e.g. id 'anger/0.png'\)"):
         train_downstream(DownstreamConfig(**{**base, "out": str(tmp_path / "run2")}, au_table=str(tmp_path / "aus.csv")))
+
+
+def test_au_targets_follow_their_images_through_a_shuffled_shard_stream(tmp_path):
+    from synfer.data.readers import open_labelled
+    from synfer.train.au_targets import AUJoined, AUTargets
+    from synfer.train.data import Source, StreamShape, TrainStream, make_loader
+
+    from fer_layouts import write_synfer
+
+    shards = open_labelled(write_synfer(tmp_path / "syn", per_class=3, shard_size=5))
+    keys, labels = shards.sample_ids(), shards.labels
+    scores = np.zeros((len(keys), NUM_AUS), np.float32)
+    scores[:, AU_INDEX["AU1"]] = labels  # each sample's AU1 says its AffectNet label
+    known = np.zeros((len(keys), NUM_AUS), bool)
+    known[::2, AU_INDEX["AU1"]] = True  # and only every other sample's is known
+    order = np.random.default_rng(0).permutation(len(keys))
+    joined = AUJoined(shards, AUTargets([keys[i] for i in order[:-3]], scores[order[:-3]], known[order[:-3]], "intensity", "test"))
+    assert len(joined) == len(keys) - 3 and joined.stats.excluded["no row in the AU table"] == 3 and joined.sequential
+    stream = TrainStream([Source(joined, len(joined))], shards.label_set, 16, seed=1, shape=StreamShape(4, workers=2), shuffle_buffer=6)
+    seen = 0
+    for batch in make_loader(stream, 4, 2, seed=0):
+        expressions = [shards.label_set.expression(int(t)) for t in batch["target"]]
+        assert batch["aus"][:, AU_INDEX["AU1"]].tolist() == [float(int(e)) for e in expressions]
+        seen += int(batch["au_known"][:, AU_INDEX["AU1"]].sum())
+    total = int(known[order[:-3], AU_INDEX["AU1"]].sum())
+    assert stream.images_per_epoch == len(joined) - 1 and total - 1 <= seen <= total  # one sample left over by the batches
