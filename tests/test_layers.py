@@ -104,3 +104,13 @@ def test_no_import_cycle_between_packages():
     for package in sorted(graph):
         visit(package)
     assert graph["cli"] and "models" in graph["pipelines"]  # the graph was read
+
+
+def test_the_command_line_starts_without_loading_torch():
+    # `synfer --help` and every option's checks run before any model stack is imported.
+    import subprocess
+    import sys
+
+    code = "import sys, synfer.cli; print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'webdataset') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -19,11 +19,28 @@ Modules: :mod:`.config` (the feature settings, no torch), :mod:`.recorder`, :mod
 extractor), :mod:`.head`, :mod:`.labeler` (the ensemble member).
 """
 
+import importlib
+
+# The command line reads FeatureConfig at start-up; the model parts (torch, diffusers) load on first use.
 from .config import DEFAULT_PROMPT, FEATURES_FORMAT, FeatureConfig, parse_blocks
-from .features import FERAnnoFeatureExtractor
-from .head import BidirectionalCrossAttention, FERAnnoHead, load_head
-from .labeler import FERAnno
-from .recorder import AttentionRecorder, FERAnnoFeatures, cross_attention_blocks
+
+_LAZY = {
+    "AttentionRecorder": ".recorder",
+    "FERAnnoFeatures": ".recorder",
+    "cross_attention_blocks": ".recorder",
+    "FERAnnoFeatureExtractor": ".features",
+    "BidirectionalCrossAttention": ".head",
+    "FERAnnoHead": ".head",
+    "load_head": ".head",
+    "FERAnno": ".labeler",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_PROMPT",
