@@ -50,4 +50,4 @@ def main() -> None:
 
 # Importing a command module registers its commands on `app`, in this order in --help:
 # the dataset's life cycle first, then the helpers.
-from . import annotate, train_diffusion, generate, inspect, relabel, train, annotator, world, info  # noqa: E402, F401, I001
+from . import annotate, train_diffusion, generate, inspect, relabel, train, evaluate, annotator, world, info  # noqa: E402, F401, I001
