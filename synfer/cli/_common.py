@@ -70,8 +70,24 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:.2f} {self.unit}/s" if speed else f"-- {self.unit}/s", style="progress.data.speed")
 
 
+class MetricsColumn(ProgressColumn):
+    """The numbers a training loop last reported (loss, learning rate), e.g. ``loss 0.1234 lr 1e-04``."""
+
+    def render(self, task) -> Text:
+        return Text(task.fields.get("metrics", ""), style="progress.data.speed")
+
+
+def format_metrics(values: dict) -> str:
+    return " ".join(f"{name} {value:.4f}" if name == "loss" else f"{name} {value:.3g}" for name, value in values.items())
+
+
 class RichReporter:
-    """Reports a library stage on the terminal: log lines and progress bars on stderr (see ``synfer.progress``)."""
+    """Reports a library stage on the terminal: log lines and progress bars on stderr (see ``synfer.progress``).
+
+    Bars counted in steps (training loops) also show what the loop reports through :meth:`show_metrics`.
+    """
+
+    _bar = None  # the open bar's advance, while a loop counted in steps runs
 
     def log(self, message: str) -> None:
         err_console.print(message, highlight=False, soft_wrap=True)
@@ -81,20 +97,45 @@ class RichReporter:
         if not show:
             yield lambda k=1: None
             return
-        with progress_bar(description, total=total, unit=unit, completed=completed) as advance:
-            yield advance
+        with progress_bar(description, total=total, unit=unit, completed=completed, metrics=unit == "step") as advance:
+            self._bar = advance
+            try:
+                yield advance
+            finally:
+                self._bar = None
+
+    def show_metrics(self, **values: float) -> None:
+        """A training loop's latest numbers (``loss=..., lr=...``), shown on its bar."""
+        if self._bar is not None:
+            self._bar.show(**values)
+
+
+class _Advance:
+    """``advance(k)`` for one task of a rich Progress; ``show(**values)`` sets its metrics column."""
+
+    def __init__(self, progress: Progress, task):
+        self.progress = progress
+        self.task = task
+
+    def __call__(self, k: int = 1) -> None:
+        self.progress.advance(self.task, k)
+
+    def show(self, **values: float) -> None:
+        self.progress.update(self.task, metrics=format_metrics(values))
 
 
 @contextmanager
-def progress_bar(description: str, total: int, unit: str = "img", completed: int = 0):
+def progress_bar(description: str, total: int, unit: str = "img", completed: int = 0, metrics: bool = False):
     """A rich progress bar with count, rate and ETA on stderr; yields ``advance(k)``.
 
-    ``completed`` is work already done (a resume), counted without distorting the rate.
+    ``completed`` is work already done (a resume), counted without distorting the rate. ``metrics``
+    adds a column for what ``advance.show(loss=...)`` reports.
     """
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *((MetricsColumn(),) if metrics else ()),
         TaskProgressColumn(),
         RateColumn(unit),
         TimeElapsedColumn(),
@@ -102,5 +143,5 @@ def progress_bar(description: str, total: int, unit: str = "img", completed: int
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=False) as progress:
-        task = progress.add_task(description, total=total, completed=completed)
-        yield lambda k=1: progress.advance(task, k)
+        task = progress.add_task(description, total=total, completed=completed, metrics="")
+        yield _Advance(progress, task)

@@ -140,6 +140,13 @@ def _command(name: str, cls, specs: list[Spec], run: Callable[[Any], None], doc:
     return command
 
 
+def _main_process() -> bool:
+    """Whether this is the process that speaks (one line per run, not one per GPU, under accelerate launch)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def _interrupted(out: str) -> None:
     err_console.print(f"interrupted: rerun with --resume to continue {out} from its latest checkpoint")
     raise typer.Exit(130)
@@ -196,6 +203,8 @@ def _run_vae(config: VaeConfig) -> None:
         result = train_vae(config, RichReporter())
     except KeyboardInterrupt:
         _interrupted(config.out)
+    if not _main_process():
+        return
     quality = f"held-out PSNR {result.psnr:.2f} dB, MAE {result.mae:.4f}" if result.psnr is not None else "no held-out images"
     console.print(f"{result.out}: {result.steps} steps; {quality}; scaling factor {result.scaling_factor:.5f}; "
                   f"base with this VAE: {result.model}")
@@ -228,6 +237,8 @@ def _run_lora(config: LoraConfig) -> None:
         result = train_lora(config, RichReporter())
     except KeyboardInterrupt:
         _interrupted(config.out)
+    if not _main_process():
+        return
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     console.print(f"{result.out}: {result.steps} steps{loss}; weights {result.weights}"
                   + (f"; merged pipeline {result.pipeline}" if result.pipeline else ""))
@@ -265,6 +276,8 @@ def _run_adapter(config: AdapterConfig) -> None:
         result = train_adapter(config, RichReporter())
     except KeyboardInterrupt:
         _interrupted(config.out)
+    if not _main_process():
+        return
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     console.print(f"{result.out}: {result.steps} steps on {result.images} images ({result.left_out} without AUs left out){loss}; "
                   f"adapter {result.adapter}")

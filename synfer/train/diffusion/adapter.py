@@ -146,7 +146,7 @@ def _run(config: AdapterConfig, base: Path, source, table_path: Path, table: AUS
     from .data import Collate, TrainingExamples, dataset_captions, dataset_fingerprint, dataset_ids, open_training_data
     from .loop import DiffusionTrainer, StageParts, frozen_dtype, make_training_accelerator, place, resolve_precision
     from .objectives import AdapterTask
-    from .run import make_record, open_run
+    from .run import make_record, open_run, speaks
     from .validation import au_sweep_grid, make_pipeline, save_grid, validation_path
 
     out = Path(config.out)
@@ -161,7 +161,7 @@ def _run(config: AdapterConfig, base: Path, source, table_path: Path, table: AUS
     values, known, policy = au_intensities(table, config.au_policy, config.au_threshold, config.present_intensity)
     values, known = values[rows], known[rows]
     left_out = len(dataset) - len(positions)
-    with reporter.progress("hashing the data", total=len(dataset), unit="img", show=len(dataset) > 1000) as advance:
+    with reporter.progress("hashing the data", total=len(dataset), unit="img", show=len(dataset) > 1000 and speaks(config)) as advance:
         fingerprint = dataset_fingerprint(dataset, advance)
 
     mixed_precision = resolve_precision(config.mixed_precision, config.cpu)

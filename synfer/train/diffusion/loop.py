@@ -320,6 +320,7 @@ class DiffusionTrainer:
     def validate(self, step: int) -> None:
         if self.parts.validate is None or self.run_dir is None:
             return
+        self.state.validated.append(step)  # on every process: each decides alike whether the last step still needs one
         if self.main:
             task = self.unwrapped
             was_training = task.training
@@ -329,7 +330,6 @@ class DiffusionTrainer:
                     metrics = self.with_eval_weights(lambda: self.parts.validate(self, step)) or {}
             finally:
                 task.train(was_training)
-            self.state.validated.append(step)
             if metrics:
                 self.metrics.append({"step": step, **metrics})
                 self.accelerator.log(metrics, step=step)

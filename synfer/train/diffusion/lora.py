@@ -142,14 +142,14 @@ def _run(config: LoraConfig, base: Path, untrained: list[str], reporter: Reporte
     from .data import Collate, TrainingExamples, dataset_fingerprint, open_training_data
     from .loop import DiffusionTrainer, StageParts, frozen_dtype, make_training_accelerator, place, resolve_precision
     from .objectives import UNetTask
-    from .run import make_record, open_run
+    from .run import make_record, open_run, speaks
     from .validation import make_pipeline, prompt_grid, save_grid, validation_path
 
     out = Path(config.out)
     if dataset is None:
         dataset = open_training_data(config.data, layout=config.data_layout, image_column=config.image_column,
                                      caption_column=config.caption_column, id_column=config.id_column)
-    with reporter.progress("hashing the data", total=len(dataset), unit="img", show=len(dataset) > 1000) as advance:
+    with reporter.progress("hashing the data", total=len(dataset), unit="img", show=len(dataset) > 1000 and speaks(config)) as advance:
         fingerprint = dataset_fingerprint(dataset, advance)
     from_scratch = config.init is not None or "unet" in untrained
     init_config = load_config_file(config.init, "UNet") if config.init else None

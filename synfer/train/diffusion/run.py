@@ -47,12 +47,33 @@ def run_folder(out: str | Path) -> RunFolder:
 
 
 def check_out(options: TrainOptions) -> RunFolder:
-    """Cheap checks before anything loads: an existing run needs --resume; a foreign non-empty folder is refused."""
+    """Cheap checks before anything loads: an existing run needs --resume; a foreign non-empty folder is refused.
+
+    Under ``accelerate launch`` only the main process looks (the others would race with its writes) and
+    the others wait for it.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=options.cpu)
     folder = run_folder(options.out)
+    if state.is_main_process:
+        _check_out(options, folder)
+    state.wait_for_everyone()
+    return folder
+
+
+def speaks(options: TrainOptions) -> bool:
+    """Whether this process shows progress (the first on each machine, under accelerate launch)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=options.cpu).is_local_main_process
+
+
+def _check_out(options: TrainOptions, folder: RunFolder) -> None:
     if folder.has_record():
         if not options.resume:
             raise ConfigError(f"{options.out} already holds a training run; pass --resume to continue it, or choose another --out")
-        return folder
+        return
     if not folder.is_empty():
         raise ConfigError(f"--out {options.out} exists, is not empty and is not a synfer training run; choose a new folder")
     folder.check_writable()
@@ -73,14 +94,19 @@ def make_record(stage: str, options: TrainOptions, inputs: dict, resolved: dict)
 
 
 def open_run(options: TrainOptions, record: dict, *, main: bool) -> RunStatus:
-    """Start the run folder or check that ``--resume`` continues the same run (refused with the differing fields named)."""
+    """Start the run folder or check that ``--resume`` continues the same run (refused with the differing fields named).
+
+    Only the main process reads and writes the record; the others take it as given (they wait for the main one).
+    """
+    if not main:
+        return RunStatus("new", record)
     folder = run_folder(options.out)
     if folder.has_record():
         stored = folder.read_record()
         if stored.get("stage") != record["stage"]:
             raise ConfigError(f"{options.out} holds a {stored.get('stage')} run, not a {record['stage']} run; choose another --out")
     hint = "an exact --resume needs the same options and inputs; start a new --out for other ones"
-    return folder.open(record, run_rules(), resume=bool(options.resume), write=main, hint=hint)
+    return folder.open(record, run_rules(), resume=bool(options.resume), hint=hint)
 
 
 def finished_result(options: TrainOptions, stage: str) -> dict | None:

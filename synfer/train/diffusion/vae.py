@@ -121,7 +121,7 @@ def _run(config: VaeConfig, base: Path, reporter: Reporter, dataset, val_dataset
     from .data import Collate, TrainingExamples, dataset_fingerprint, dataset_ids, open_training_data, prepare_image
     from .loop import DiffusionTrainer, StageParts, make_training_accelerator, place, resolve_precision
     from .objectives import VAETask, sample_posterior
-    from .run import make_record, open_run
+    from .run import make_record, open_run, speaks
     from .validation import image_grid, save_grid, to_pil, validation_path
 
     out = Path(config.out)
@@ -139,7 +139,7 @@ def _run(config: VaeConfig, base: Path, reporter: Reporter, dataset, val_dataset
         held = held_out(ids, config.val_fraction)
         train_positions = [i for i, h in enumerate(held) if not h]
         val_items = [(dataset, i) for i, h in enumerate(held) if h][: config.val_images]
-    with reporter.progress("hashing the data", total=len(dataset), unit="img", show=len(dataset) > 1000) as advance:
+    with reporter.progress("hashing the data", total=len(dataset), unit="img", show=len(dataset) > 1000 and speaks(config)) as advance:
         fingerprint = dataset_fingerprint(dataset, advance)
     init_config = load_config_file(config.init, "AutoencoderKL") if config.init else None
     mixed_precision = resolve_precision(config.mixed_precision, config.cpu)
