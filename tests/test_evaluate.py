@@ -246,6 +246,20 @@ def test_au_faithfulness_with_a_trained_detector_and_with_a_registered_fake(worl
         assert entry["requested"] == r and entry["detected"] == N
         assert entry["f1"] == (pytest.approx(2 * r / (N + r)) if r else None)
 
+    # The same dataset as if made from a model folder whose training AUs this detector annotated.
+    model, data = tmp_path / "model", tmp_path / "data"
+    model.mkdir()
+    (model / "training.json").write_text(json.dumps({"inputs": {"au_table": {"source": {"weights_sha256": "f" * 64}}}}))
+    shutil.copytree(world["data"], data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["model"]["name"] = str(model)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    marked = evaluate(config({**world, "data": data}, tmp_path, features=(), au_detector=f"fake:{tmp_path}", out=str(tmp_path / "sc")),
+                      load_au_detector=lambda spec, device: EverythingPresent())
+    assert marked.metrics["au"]["status"]["status"] == "self-consistency"
+    assert marked.figures()["au/macro_f1"].flags == ("self-consistency",) and "au/macro_f1" in marked.flagged["self_consistency"]
+    assert {row["flags"] for row in read_csv(tmp_path / "sc" / "au.csv")} == {"self-consistency"}
+
 
 def test_compare_prints_two_evaluations_side_by_side(world, tmp_path):
     evaluate(config(world, tmp_path, out=str(tmp_path / "a")))

@@ -115,11 +115,22 @@ def test_au_detector_status_reads_training_json_and_says_unknown_without_it(tmp_
     assert au_detector_status(HASH_A, manifest).status == "unknown"
     (model / "training.json").write_text(json.dumps({"base": {"sha256": "c" * 64}}))
     assert au_detector_status(HASH_A, manifest).status == "unknown"  # nothing says which detector made the AUs
-    (model / "training.json").write_text(json.dumps({"au_table": {"sha256": "c" * 64, "source": {"weights_sha256": HASH_B}}}))
+    # What build-model writes: the AU table's own hash, and the source record annotate-aus gave it.
+    table = {"path": "aus.parquet", "sha256": "c" * 64, "scores": "probability",
+             "source": {"detector": "opengraphau", "weights_sha256": HASH_B}}
+    (model / "training.json").write_text(json.dumps({"inputs": {"au_table": table}}))
     assert au_detector_status(HASH_A, manifest).status == "independent"
     status = au_detector_status(HASH_B, manifest)
-    assert status.status == "self-consistency" and "au_table.source.weights_sha256" in status.evidence[0]
+    assert status.status == "self-consistency" and "inputs.au_table.source.weights_sha256" in status.evidence[0]
+    assert au_detector_status("c" * 64, manifest).status == "self-consistency"  # a hash equal to the detector's counts anywhere
     assert au_detector_status(HASH_A, {"model": {"name": "tiny"}}).status == "unknown"
+    # A separately given adapter run folder: its au_adapter/training.json (train-adapter's) is read too.
+    (model / "training.json").unlink()
+    adapter = tmp_path / "adapter-run" / "au_adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "training.json").write_text(json.dumps({"aus": table}))
+    with_adapter = {"model": {"name": str(model), "adapter": str(adapter.parent)}, "plan": {}}
+    assert au_detector_status(HASH_B, with_adapter).status == "self-consistency"
 
 
 def test_cache_parts_are_reused_only_with_their_identity_and_entries_split_by_model(tmp_path):

@@ -126,11 +126,15 @@ def evaluate(
         raise ConfigError("give one DATASET, --real DIR and --out DIR (or --compare EVAL_A EVAL_B)")
     dataset = paths[0]
     config = C(
-        str(dataset), real, str(out), real_split, real_layout, real_crop, numbering, labels, _opt_tuple(features), feature_size,
-        resize, judge, judge_classes, judge_size, judge_mean, judge_std, judge_outputs, allow_dependent_judge, au_detector,
-        au_threshold, layout_dir, drop_layout_references, max_generated, max_real, bootstrap_resamples, interval_resamples,
-        kid_subsets, kid_subset_size, kid_min_per_class, samples_per_class, batch_size, workers, device, dtype, cache, seed,
-        overwrite,
+        str(dataset), real, str(out), real_split=real_split, real_layout=real_layout, real_crop=real_crop, numbering=numbering,
+        labels=labels, features=_opt_tuple(features), feature_size=feature_size, resize=resize, judge=judge,
+        judge_classes=judge_classes, judge_size=judge_size, judge_mean=judge_mean, judge_std=judge_std,
+        judge_outputs=judge_outputs, allow_dependent_judge=allow_dependent_judge, au_detector=au_detector,
+        au_threshold=au_threshold, layout_dir=layout_dir, drop_layout_references=drop_layout_references,
+        max_generated=max_generated, max_real=max_real, bootstrap_resamples=bootstrap_resamples,
+        interval_resamples=interval_resamples, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+        kid_min_per_class=kid_min_per_class, samples_per_class=samples_per_class, batch_size=batch_size, workers=workers,
+        device=device, dtype=dtype, cache=cache, seed=seed, overwrite=overwrite,
     )
     from ..eval.evaluate import evaluate as run
 
@@ -165,8 +169,10 @@ def _print_result(result) -> None:
         table.add_row(name, _format(figure), figure.better or "", ", ".join(figure.flags))
     console.print(table)
     generated, real = metrics["generated"], metrics["real"]
+    computed = "; ".join(f"{side} " + ", ".join(f"{name} {count}" for name, count in models.items())
+                         for side, models in result.computed.items() if models)
     console.print(f"{generated['n_valid']} generated images ({generated['labels']} labels), {real['n_valid']} real images; "
-                  f"computed now: {result.computed}")
+                  f"images computed now (the rest from the cache): {computed}")
     if metrics.get("au"):
         status = metrics["au"]["status"]
         console.print(f"AU detector: {status['status']} ({status['reason']})")

@@ -125,6 +125,8 @@ class EvaluateConfig:
         kinds = [parse_feature_spec(spec)[0] for spec in self.features]
         if len(set(kinds)) != len(kinds):
             raise ConfigError(f"give each feature backbone kind once (got {', '.join(kinds)}; kinds: {FEATURE_BACKBONES.accepted()})")
+        if self.feature_size is not None and "dinov2" not in kinds:
+            raise ConfigError("--feature-size sets the input size of dinov2 backbones; the other kinds have their own")
         if self.judge is not None:
             kind, _ = JUDGES.parse(self.judge)
             if kind != "onnx" and (self.judge_classes or self.judge_size or self.judge_mean or self.judge_std):
@@ -186,6 +188,17 @@ class EvaluateConfig:
 # -- the result ------------------------------------------------------------------------------------
 
 
+FIGURE_ORDER = ("fd", "fd_infinity", "kid", "per_class_kid", "precision", "recall", "density", "coverage", "diversity",
+                "diversity_real", "judge/accuracy", "judge/balanced_accuracy", "judge/real_accuracy",
+                "judge/real_balanced_accuracy", "au/macro_f1", "au/mean_pearson", "au/mean_mae")
+
+
+def figure_order(name: str) -> tuple[int, str]:
+    """Sort key: distribution figures by metric (then backbone), then the judge's, then the AU figures."""
+    metric = name.rsplit("/", 1)[0] if not name.startswith(("judge/", "au/")) else name
+    return (FIGURE_ORDER.index(metric) if metric in FIGURE_ORDER else len(FIGURE_ORDER), name)
+
+
 @dataclass(frozen=True)
 class Figure:
     """One headline number: its value, interval or std, which way is better, and its flags."""
@@ -215,7 +228,9 @@ class EvaluateResult:
     seconds: float = 0.0
 
     def figures(self) -> dict[str, Figure]:
-        return {name: Figure.from_dict(name, data) for name, data in self.metrics.get("figures", {}).items()}
+        """Every headline figure by name (``fd/dinov2``, ``judge/accuracy``, ``au/macro_f1``...), in reading order."""
+        found = self.metrics.get("figures", {})
+        return {name: Figure.from_dict(name, found[name]) for name in sorted(found, key=figure_order)}
 
     def value(self, name: str) -> float | None:
         figures = self.metrics.get("figures", {})

@@ -150,44 +150,24 @@ def _missing(info: dict) -> list[str]:
     return list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
 
 
-@FEATURE_BACKBONES.register("dinov2")
-def load_dinov2(path: str, device: torch.device, options: BackboneOptions) -> FeatureBackbone:
-    from transformers import Dinov2Model
-
-    folder = local_model_path(path, "DINOv2 backbone", "a transformers Dinov2Model folder")
-    files = model_files(folder)
+def dinov2_backbone(model, source: str, files: dict[str, str], device, options: BackboneOptions) -> FeatureBackbone:
+    """A loaded (or, for benchmarks, random) ``Dinov2Model`` as a feature backbone."""
     dtype = _torch_dtype(options.dtype, device)
-    model, info = _from_pretrained(Dinov2Model, folder, "a DINOv2 backbone")
-    if _missing(info):
-        raise ModelLoadError(f"{folder} is not a complete Dinov2Model: {len(_missing(info))} weights missing "
-                             f"(first: {_missing(info)[0]})")
     model = model.to(device=device, dtype=dtype).eval()
     normalise = _normalise(IMAGENET_MEAN, IMAGENET_STD)
 
     def forward(pixels):
         return model(pixel_values=normalise(pixels).to(dtype)).pooler_output
 
-    size = options.size or DINOV2_SIZE
-    return FeatureBackbone("dinov2", str(path), files, Preprocess(size, options.resize), int(model.config.hidden_size),
-                           forward, device, options.dtype, "pooled CLS token (final LayerNorm)")
+    return FeatureBackbone("dinov2", source, files, Preprocess(options.size or DINOV2_SIZE, options.resize),
+                           int(model.config.hidden_size), forward, device, options.dtype, "pooled CLS token (final LayerNorm)")
 
 
-@FEATURE_BACKBONES.register("clip")
-def load_clip(path: str, device: torch.device, options: BackboneOptions) -> FeatureBackbone:
-    from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
-
-    folder = local_model_path(path, "CLIP backbone", "a transformers CLIP folder")
-    files = model_files(folder)
-    dtype = _torch_dtype(options.dtype, device)
-    model, info = _from_pretrained(CLIPVisionModelWithProjection, folder, "a CLIP image tower")
-    projected = not any(key.startswith("visual_projection") for key in _missing(info))
-    if not projected:  # a bare vision tower: its pooled output, never a randomly initialised projection
-        model, info = _from_pretrained(CLIPVisionModel, folder, "a CLIP image tower")
-    if _missing(info):
-        raise ModelLoadError(f"{folder} is not a complete CLIP image tower: {len(_missing(info))} weights missing "
-                             f"(first: {_missing(info)[0]})")
+def clip_backbone(model, source: str, files: dict[str, str], device, options: BackboneOptions, projected: bool) -> FeatureBackbone:
+    """A CLIP image tower (with or without its projection) as a feature backbone."""
     if options.size is not None and options.size != model.config.image_size:
         raise ConfigError(f"a CLIP backbone takes its own input size ({model.config.image_size}); --feature-size is for DINOv2")
+    dtype = _torch_dtype(options.dtype, device)
     model = model.to(device=device, dtype=dtype).eval()
     normalise = _normalise(CLIP_MEAN, CLIP_STD)
 
@@ -197,27 +177,68 @@ def load_clip(path: str, device: torch.device, options: BackboneOptions) -> Feat
 
     dim = int(model.config.projection_dim if projected else model.config.hidden_size)
     output = "projected image embedding" if projected else "pooled output (no projection in this folder)"
-    return FeatureBackbone("clip", str(path), files, Preprocess(int(model.config.image_size), options.resize), dim,
+    return FeatureBackbone("clip", source, files, Preprocess(int(model.config.image_size), options.resize), dim,
                            forward, device, options.dtype, output)
+
+
+def inception_backbone(model, source: str, files: dict[str, str], device, options: BackboneOptions) -> FeatureBackbone:
+    """The FID Inception (``synfer.models.inception.FIDInceptionV3``) as a feature backbone, clean-fid's input scaling."""
+    from ..models.inception import FID_FEATURES, FID_SIZE
+
+    if options.size is not None and options.size != FID_SIZE:
+        raise ConfigError(f"the FID Inception takes {FID_SIZE} px inputs; --feature-size is for DINOv2")
+    dtype = _torch_dtype(options.dtype, device)
+    model.input_scaling = "clean-fid"
+    model = model.to(device=device, dtype=dtype).eval()
+
+    def forward(pixels):
+        return model(pixels.to(dtype))
+
+    return FeatureBackbone("inception", source, files, Preprocess(FID_SIZE, options.resize), FID_FEATURES, forward,
+                           device, options.dtype, "pool3 (clean-fid input scaling)")
+
+
+@FEATURE_BACKBONES.register("dinov2")
+def load_dinov2(path: str, device: torch.device, options: BackboneOptions) -> FeatureBackbone:
+    from transformers import Dinov2Model
+
+    folder = local_model_path(path, "DINOv2 backbone", "a transformers Dinov2Model folder")
+    files = model_files(folder)
+    _torch_dtype(options.dtype, device)
+    model, info = _from_pretrained(Dinov2Model, folder, "a DINOv2 backbone")
+    if _missing(info):
+        raise ModelLoadError(f"{folder} is not a complete Dinov2Model: {len(_missing(info))} weights missing "
+                             f"(first: {_missing(info)[0]})")
+    return dinov2_backbone(model, str(path), files, device, options)
+
+
+@FEATURE_BACKBONES.register("clip")
+def load_clip(path: str, device: torch.device, options: BackboneOptions) -> FeatureBackbone:
+    from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
+
+    folder = local_model_path(path, "CLIP backbone", "a transformers CLIP folder")
+    files = model_files(folder)
+    _torch_dtype(options.dtype, device)
+    model, info = _from_pretrained(CLIPVisionModelWithProjection, folder, "a CLIP image tower")
+    projected = not any(key.startswith("visual_projection") for key in _missing(info))
+    if not projected:  # a bare vision tower: its pooled output, never a randomly initialised projection
+        model, info = _from_pretrained(CLIPVisionModel, folder, "a CLIP image tower")
+    if _missing(info):
+        raise ModelLoadError(f"{folder} is not a complete CLIP image tower: {len(_missing(info))} weights missing "
+                             f"(first: {_missing(info)[0]})")
+    return clip_backbone(model, str(path), files, device, options, projected)
 
 
 @FEATURE_BACKBONES.register("inception")
 def load_inception(path: str, device: torch.device, options: BackboneOptions) -> FeatureBackbone:
-    from ..models.inception import FID_FEATURES, FID_SIZE, FID_WEIGHTS_NAME, FIDInceptionV3
+    from ..models.inception import FID_WEIGHTS_NAME, FIDInceptionV3
 
     local = local_model_path(path, "FID Inception weights", f"the file {FID_WEIGHTS_NAME} or a folder holding it")
     if local.is_dir():
         local = local / FID_WEIGHTS_NAME
         if not local.is_file():
             raise ModelLoadError(f"{path!r} holds no {FID_WEIGHTS_NAME} (the FID Inception weights of pytorch-fid)")
-    if options.size is not None and options.size != FID_SIZE:
-        raise ConfigError(f"the FID Inception takes {FID_SIZE} px inputs; --feature-size is for DINOv2")
-    dtype = _torch_dtype(options.dtype, device)
+    _torch_dtype(options.dtype, device)
     files = model_files(local)
-    model = FIDInceptionV3.from_checkpoint(local, device, input_scaling="clean-fid").to(dtype)
-
-    def forward(pixels):
-        return model(pixels.to(dtype))
-
-    return FeatureBackbone("inception", str(path), files, Preprocess(FID_SIZE, options.resize), FID_FEATURES, forward,
-                           device, options.dtype, "pool3 (clean-fid input scaling)")
+    model = FIDInceptionV3.from_checkpoint(local, "cpu", input_scaling="clean-fid")
+    return inception_backbone(model, str(path), files, device, options)

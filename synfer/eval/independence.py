@@ -111,22 +111,24 @@ class AUDetectorStatus:
         return {"status": self.status, "reason": self.reason, "evidence": list(self.evidence)}
 
 
-def _model_folders(manifest: dict) -> list[Path]:
+def _training_records(manifest: dict) -> list[Path]:
+    """The ``training.json`` files of the model a dataset was made with: the model folder's (build-model) and
+    its adapter's (train-adapter; also a separately given ``--adapter`` folder or run folder)."""
     model = manifest.get("model") or {}
-    folders = []
+    found = []
     for name in (model.get("name"), model.get("adapter")):
-        if name and Path(str(name)).is_dir():
-            folders.append(Path(str(name)))
-    return folders
+        if not name or not Path(str(name)).is_dir():
+            continue
+        for record in (Path(str(name)) / TRAINING_RECORD, Path(str(name)) / "au_adapter" / TRAINING_RECORD):
+            if record.is_file() and record not in found:
+                found.append(record)
+    return found
 
 
 def au_detector_status(fingerprint: str, manifest: dict) -> AUDetectorStatus:
     """Whether the detector with ``fingerprint`` annotated the AUs the dataset's model learnt (or its plan drew)."""
     evidence, checked, seen_au_hashes = [], [], False
-    for folder in _model_folders(manifest):
-        record = folder / TRAINING_RECORD
-        if not record.is_file():
-            continue
+    for record in _training_records(manifest):
         try:
             data = json.loads(record.read_text())
         except (OSError, ValueError):

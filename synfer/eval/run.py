@@ -190,8 +190,10 @@ def run_evaluation(config: EvaluateConfig, reporter: Reporter, load_au_detector:
         if au_status.status == "self-consistency":
             reporter.log(f"the AU detector {config.au_detector} annotated the AUs this model learnt: its figures measure "
                          "self-consistency, not faithfulness")
-    options = BackboneOptions(config.feature_size, config.resize, config.dtype)
-    backbones = [load_feature_backbone(spec, device, options) for spec in config.features]
+    backbones = []
+    for spec in config.features:  # --feature-size is DINOv2's; the other kinds have one input size
+        size = config.feature_size if parse_feature_spec(spec)[0] == "dinov2" else None
+        backbones.append(load_feature_backbone(spec, device, BackboneOptions(size, config.resize, config.dtype)))
 
     real = RealImages(config.real, config.real_split, label_set, layout=config.real_layout, crop=config.real_crop,
                       numbering=config.numbering, max_n=config.max_real, seed=config.seed)

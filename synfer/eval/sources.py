@@ -177,7 +177,8 @@ class GeneratedImages:
 
     def describe(self) -> dict:
         manifest_sha = hashlib.sha256((self.root / MANIFEST).read_bytes()).hexdigest()
-        return {"path": str(self.root), "manifest_sha256": manifest_sha, "n": self.dataset.n, "finished_shards": len(self.dataset.shards),
+        return {"path": str(self.root.resolve()), "manifest_sha256": manifest_sha, "n": self.dataset.n,
+                "finished_shards": len(self.dataset.shards),
                 "num_shards": self.dataset.num_shards, "evaluated": len(self), "label_set": self.label_set.name,
                 "labels": f"{LABELS_DIR}/{self.labels_name}.parquet" if self.labels_name else "planned",
                 "excluded": dict(self.excluded), "notes": list(self.notes)}
@@ -268,7 +269,9 @@ class RealImages:
                 content = hashes[start:rows[-1] + 1]
             else:
                 content = {"root": root_identity, "positions": self.positions[rows].tolist()}
-            out.append(Chunk(f"rows-{number:06d}", json_sha256({"content": content, "labels": self.labels[rows].tolist()}), rows))
+            identity = json_sha256({"content": content, "labels": self.labels[rows].tolist()})
+            # Named by content too: a subset of the same set (--max-real, dropped layout references) keeps its own parts.
+            out.append(Chunk(f"rows-{number:06d}-{identity[:12]}", identity, rows))
         return out
 
     def items(self, chunk: Chunk) -> Iterator[tuple[int, object]]:
