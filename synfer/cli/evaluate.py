@@ -171,7 +171,8 @@ def _print_result(result) -> None:
     generated, real = metrics["generated"], metrics["real"]
     computed = "; ".join(f"{side} " + ", ".join(f"{name} {count}" for name, count in models.items())
                          for side, models in result.computed.items() if models)
-    console.print(f"{generated['n_valid']} generated images ({generated['labels']} labels), {real['n_valid']} real images; "
+    real_part = real.get("note") or f"{real['n_valid']} real images"
+    console.print(f"{generated['n_valid']} generated images ({generated['labels']} labels); {real_part}; "
                   f"images computed now (the rest from the cache): {computed}")
     if metrics.get("au"):
         status = metrics["au"]["status"]

@@ -4,8 +4,9 @@ Each chunk of the set (``synfer.eval.sources``) is looked up in the cache for ea
 model lacks it are the chunk's images decoded, once, and each decoded image is preprocessed once per
 distinct ``Preprocess`` (a backbone at 224 px and a judge at 224 px share one resize) by a pool of
 threads (PIL's decoders and resizers release the GIL), then fed to the models that lack the chunk in
-batches. A second evaluation against the same real set therefore reads the real features from the cache
-and decodes only the generated images.
+batches; the threads decode the next batch while the models run on this one. A second evaluation
+against the same real set therefore reads the real features from the cache and decodes only the
+generated images.
 """
 
 from __future__ import annotations
@@ -59,6 +60,19 @@ def _batches(items: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
+def _prefetched(pool: ThreadPoolExecutor, prepare, batches: Iterator[list], wanted) -> Iterator[tuple[list, list]]:
+    """Each batch with the futures of its decoded images, the next batch already submitted: the threads decode
+    batch k + 1 while the models run on batch k."""
+    ahead = None
+    for batch in batches:
+        submitted = (batch, [pool.submit(prepare, raw, wanted) for _, raw in batch])
+        if ahead is not None:
+            yield ahead
+        ahead = submitted
+    if ahead is not None:
+        yield ahead
+
+
 def extract(source, extractors: dict[str, Extractor], cache: FeatureCache, *, batch_size: int = 64, workers: int = 1,
             reporter: Reporter | None = None) -> Extracted:
     """Every extractor's output on every row of ``source``, from the cache where it holds them."""
@@ -101,8 +115,8 @@ def extract(source, extractors: dict[str, Extractor], cache: FeatureCache, *, ba
             ok = np.zeros(len(chunk.rows), dtype=bool)
             wanted = tuple(dict.fromkeys(extractors[name].preprocess for name in missing))
             seen = 0
-            for batch in _batches(source.items(chunk), batch_size):
-                prepared = list(pool.map(prepare, [raw for _, raw in batch], [wanted] * len(batch)))
+            for batch, futures in _prefetched(pool, prepare, _batches(source.items(chunk), batch_size), wanted):
+                prepared = [future.result() for future in futures]
                 rows = []
                 for (row, _), (arrays, problem) in zip(batch, prepared):
                     if arrays is None:
