@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from synfer.eval.plots import plot_curves, plot_matrix
+from synfer.plots import plot_curves, plot_matrix
 
 
 def test_plots_write_png_files(tmp_path):

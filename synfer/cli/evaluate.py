@@ -139,13 +139,7 @@ def evaluate(
     from ..eval.evaluate import evaluate as run
 
     quiet_libraries()
-    loader = None
-    if config.au_detector:
-        try:
-            from ..labelers.au_detectors import load_au_detector as loader
-        except ImportError:
-            raise ConfigError("--au-detector: this synfer has no AU detectors (synfer.labelers.au_detectors)") from None
-    result = run(config, RichReporter(), load_au_detector=loader)
+    result = run(config, RichReporter())
     _print_result(result)
 
 

@@ -264,8 +264,8 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None, *,
              load_au_detector: Callable | None = None) -> EvaluateResult:
     """Measure the dataset ``config`` names (see the module docstring); returns the figures, also in ``config.out``.
 
-    ``load_au_detector(spec, device)`` loads ``config.au_detector``; the command line passes
-    ``synfer.labelers.au_detectors.load_au_detector``.
+    ``load_au_detector(spec, device)`` loads ``config.au_detector`` (default:
+    :func:`synfer.labelers.au_detectors.load_au_detector`; tests pass a stand-in).
     """
     from .run import run_evaluation
 

@@ -112,7 +112,7 @@ def flag_suffix(flags) -> str:
 
 def write_plots(folder: Path, metrics: dict, thumbnails: list[tuple[str, list, list]]) -> list[str]:
     """The figures of an evaluation; returns the file names written."""
-    from .plots import plot_bars, plot_image_rows, plot_matrix
+    from ..plots import plot_bars, plot_image_rows, plot_matrix
 
     written = []
     judge = metrics.get("judge")

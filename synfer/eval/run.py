@@ -78,9 +78,6 @@ def _check_paths(config: EvaluateConfig, load_au_detector) -> None:
     if config.judge:
         local_model_path(JUDGES.parse(config.judge)[1], "judge")
     if config.au_detector:
-        if load_au_detector is None:
-            raise ConfigError("--au-detector needs an AU detector loader: call evaluate(config, "
-                              "load_au_detector=synfer.labelers.au_detectors.load_au_detector)")
         local_model_path(config.au_detector.partition(":")[2], "AU detector")
 
 
@@ -169,6 +166,8 @@ def run_evaluation(config: EvaluateConfig, reporter: Reporter, load_au_detector:
     generated = GeneratedImages(config.dataset, config.labels, config.max_generated)
     label_set = generated.label_set
     manifest = generated.dataset.manifest
+    if load_au_detector is None:
+        from ..labelers.au_detectors import load_au_detector
     _check_paths(config, load_au_detector)
     device = resolve_device(config.device)
 

@@ -454,7 +454,7 @@ def build_report(table: pa.Table, label_set: LabelSet, name: str, metadata: dict
 
 
 def _write_report(root: Path, name: str, report: dict, scratch: Path) -> None:
-    from ..eval.plots import plot_matrix
+    from ..plots import plot_matrix
 
     write_json(report_file(root, name), report)
     # plot_matrix picks the format from the suffix, so the temporary figure is a .png in the work folder.

@@ -183,7 +183,7 @@ def save_annotator(output: HeadTrainingOutput, out: str | Path, config: HeadTrai
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise DatasetError(f"--out {out} exists and is not empty; choose a new folder or pass --overwrite")
-    from ..eval.plots import plot_curves
+    from ..plots import plot_curves
 
     tmp = RunFolder.temporary(out)
     shutil.rmtree(tmp, ignore_errors=True)

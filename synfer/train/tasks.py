@@ -122,7 +122,7 @@ class ClassificationTask:
         return ClassificationMetrics.from_dict(data)
 
     def figures(self, trainer, best, commit) -> None:
-        from ..eval.plots import plot_curves, plot_matrix
+        from ..plots import plot_curves, plot_matrix
 
         state = trainer.state
         names = trainer.label_set.names
@@ -213,7 +213,7 @@ class AUTask:
         return AUMetrics.from_dict(data)
 
     def figures(self, trainer, best, commit) -> None:
-        from ..eval.plots import plot_curves
+        from ..plots import plot_curves
 
         state = trainer.state
         series = {"train loss": [tuple(p) for p in state.loss]}
