@@ -2,10 +2,12 @@
 
 One library function per stage, each taking one frozen config and returning a result::
 
+    annotate_aus(AnnotateConfig(...))          -> AnnotateResult       (synfer annotate-aus)
     generate(GenerateConfig(...))              -> GenerateResult       (synfer generate)
     relabel(RelabelConfig(...))                -> RelabelOutput        (synfer relabel)
     train_downstream(DownstreamConfig(...))    -> DownstreamOutput     (synfer train-downstream)
     train_annotator(AnnotatorConfig(...))      -> AnnotatorOutput      (synfer train-annotator)
+    evaluate(EvaluateConfig(...))              -> EvaluateResult       (synfer evaluate)
 
 The command line is a thin shell over these; the models and pipelines they use are importable too.
 """
@@ -40,12 +42,20 @@ _LAZY = {
     "DownstreamConfig": "synfer.train.downstream",
     "DownstreamOutput": "synfer.train.downstream",
     "train_downstream": "synfer.train.downstream",
+    "AnnotateConfig": "synfer.labelers.annotate_aus",
+    "AnnotateResult": "synfer.labelers.annotate_aus",
+    "annotate_aus": "synfer.labelers.annotate_aus",
+    "EvaluateConfig": "synfer.eval.evaluate",
+    "EvaluateResult": "synfer.eval.evaluate",
+    "evaluate": "synfer.eval.evaluate",
     "AnnotatorConfig": "synfer.train.annotator",
     "AnnotatorOutput": "synfer.train.annotator",
     "train_annotator": "synfer.train.annotator",
 }
 
 if TYPE_CHECKING:
+    from .eval.evaluate import EvaluateConfig, EvaluateResult, evaluate
+    from .labelers.annotate_aus import AnnotateConfig, AnnotateResult, annotate_aus
     from .labelers.relabel import RelabelConfig, RelabelOutput, relabel
     from .models.au_adapter import AUAdapter
     from .pipelines.guidance import SemanticGuidance
@@ -68,6 +78,9 @@ __all__ = [
     "__version__",
     "AFFECTNET7",
     "AFFECTNET8",
+    "annotate_aus",
+    "AnnotateConfig",
+    "AnnotateResult",
     "AnnotatorConfig",
     "AnnotatorOutput",
     "AU_NAMES",
@@ -75,6 +88,9 @@ __all__ = [
     "AUVector",
     "DownstreamConfig",
     "DownstreamOutput",
+    "evaluate",
+    "EvaluateConfig",
+    "EvaluateResult",
     "Expression",
     "generate",
     "GenerateConfig",
