@@ -144,6 +144,22 @@ def test_dinov2_features_are_the_pooled_cls_token_of_synfer_preprocessed_pixels(
     assert set(backbone.files) == {"config.json", "model.safetensors"} and all(len(h) == 64 for h in backbone.files.values())
 
 
+def test_a_classifier_backbone_gives_its_pooled_features_before_the_head(tmp_path):
+    from synfer.models.classifier import create_classifier, load_classifier
+
+    torch.manual_seed(0)
+    create_classifier("tiny-resnet", "affectnet8").save_pretrained(tmp_path / "judge")
+    backbone = load_feature_backbone(f"classifier:{tmp_path / 'judge'}")
+    assert backbone.preprocess == Preprocess(32, "squash") and backbone.dim == 16
+    pixels = Preprocess.batch([backbone.preprocess.array(image) for image in random_images(3)])
+    classifier = load_classifier(tmp_path / "judge")
+    with torch.no_grad():
+        expected = classifier.backbone(classifier.preprocess(pixels))
+    np.testing.assert_allclose(backbone(pixels), expected.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ModelLoadError, match="not a synfer classifier"):
+        load_feature_backbone(f"classifier:{tmp_path}")
+
+
 def test_clip_uses_the_projection_when_the_folder_has_one_and_never_a_random_one(models):
     projected = load_feature_backbone(f"clip:{models['clip']}")
     bare = load_feature_backbone(f"clip:{models['clip_bare']}")

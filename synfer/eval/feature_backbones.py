@@ -8,6 +8,11 @@
   projected image embedding (a bare ``CLIPVisionModel`` folder gives its pooled output, never a
   projection initialised at random); the config's input size, CLIP's mean and std.
 
+- ``classifier:DIR``: a synfer FER classifier folder (``synfer.models.classifier``); its backbone's pooled
+  features before the head, at the classifier's own input size and normalisation. For domains with no
+  pretrained backbone (the procedural world); say which classifier it is, since one trained on the
+  reference domain sees what it was trained to tell apart.
+
 DINOv2 is the default because Stein et al. 2023 ("Exposing flaws of generative model evaluation
 metrics and their unfair treatment of diffusion models") found its feature space agrees with human
 judgements of realism far better than Inception's; Inception is here to compare with published FIDs.
@@ -242,3 +247,24 @@ def load_inception(path: str, device: torch.device, options: BackboneOptions) ->
     files = model_files(local)
     model = FIDInceptionV3.from_checkpoint(local, "cpu", input_scaling="clean-fid")
     return inception_backbone(model, str(path), files, device, options)
+
+
+@FEATURE_BACKBONES.register("classifier")
+def load_classifier_features(path: str, device: torch.device, options: BackboneOptions) -> FeatureBackbone:
+    from ..models.classifier import CONFIG_NAME, load_classifier
+
+    folder = local_model_path(path, "classifier backbone", "a synfer classifier folder (config.json + model.safetensors)")
+    if options.size is not None:
+        raise ConfigError("a classifier backbone takes its own input size; --feature-size is for DINOv2")
+    dtype = _torch_dtype(options.dtype, device)
+    files = model_files(folder)
+    if CONFIG_NAME not in files:
+        raise ModelLoadError(f"{folder} is not a synfer classifier folder (no {CONFIG_NAME})")
+    classifier = load_classifier(folder, device=device).to(dtype)
+
+    def forward(pixels):
+        return classifier.backbone(classifier.preprocess(pixels.to(dtype)))
+
+    return FeatureBackbone("classifier", str(path), files, Preprocess(classifier.input_size, options.resize),
+                           int(classifier.backbone.feature_dim), forward, device, options.dtype,
+                           f"{classifier.backbone_name} pooled features before the head")
