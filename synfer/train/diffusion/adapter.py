@@ -141,13 +141,11 @@ def _run(config: AdapterConfig, base: Path, source, table_path: Path, table: AUS
 
     from ...models.au_adapter import AUAdapter
     from ...pipelines.loading import load_au_adapter
-    from .common import build_caches, empty_text, native_resolution
+    from .common import native_resolution
     from .components import apply_unet_source, base_hashes, file_sha256, folder_sha256, load_component, noise_scheduler, sampling_scheduler
-    from .data import Collate, TrainingExamples, dataset_captions, dataset_fingerprint, dataset_ids, open_training_data
-    from .loop import DiffusionTrainer, StageParts, frozen_dtype, make_training_accelerator, place, resolve_precision
-    from .objectives import AdapterTask
+    from .data import TrainingExamples, dataset_captions, dataset_fingerprint, dataset_ids, open_training_data
+    from .loop import make_training_accelerator, resolve_precision
     from .run import make_record, open_run, speaks
-    from .validation import au_sweep_grid, make_pipeline, save_grid, validation_path
 
     out = Path(config.out)
     data_name = config.data or "the dataset"
@@ -202,40 +200,15 @@ def _run(config: AdapterConfig, base: Path, source, table_path: Path, table: AUS
                      f"({left_out} without AUs left out) at {resolution}px, AU policy {policy['policy']}, "
                      f"mixed precision {mixed_precision}")
 
-    device = accelerator.device
-    weights_dtype = frozen_dtype(mixed_precision, device)
-    vae = place(load_component(base, "vae").requires_grad_(False), device, weights_dtype).eval()
-    text_encoder = place(load_component(base, "text_encoder").requires_grad_(False), device, weights_dtype).eval()
-    tokenizer = load_component(base, "tokenizer")
-    place(unet.requires_grad_(False), device, weights_dtype)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    place(adapter.requires_grad_(True), device, torch.float32)
-
+    vae, text_encoder, tokenizer = load_component(base, "vae"), load_component(base, "text_encoder"), load_component(base, "tokenizer")
     examples = TrainingExamples(dataset, positions, resolution, seed=config.seed, random_flip=config.random_flip,
                                 fingerprint=fingerprint, aus=values, known=known)
-    caches = None
-    if config.cache_latents:
-        caches = build_caches(examples, vae, text_encoder, tokenizer, cache_dir=config.cache_dir, accelerator=accelerator,
-                              reporter=reporter)
-    task = AdapterTask(unet, adapter, vae.config, noise_scheduler(base), drop_text=config.drop_text, drop_aus=config.drop_aus,
-                       drop_both=config.drop_both, au_noise=config.au_noise, vae=None if caches else vae,
-                       text_encoder=None if caches else text_encoder, empty_text=empty_text(text_encoder, tokenizer, device),
-                       noise_offset=config.noise_offset, min_snr_gamma=config.min_snr_gamma)
-    prompt = config.validation_prompt or next((c for c in examples.captions if c.strip()), "")
-    scheduler = sampling_scheduler(base)
-
-    def validate(trainer: DiffusionTrainer, step: int) -> dict:
-        task = trainer.unwrapped
-        pipe = make_pipeline(task.unet, vae, text_encoder, tokenizer, scheduler, adapter=task.adapter)
-        grid = au_sweep_grid(pipe, prompt, config.validation_seeds[0], config.validation_aus, resolution,
-                             config.validation_inference_steps, config.validation_guidance_scale, device)
-        save_grid(grid, validation_path(out, step))
-        return {}
-
-    parts = StageParts("train-adapter", task, examples, Collate(None if caches else tokenizer), validate,
-                       tracker_config={**config.to_dict(), "au_policy": policy["policy"], "mixed_precision": mixed_precision})
-    trainer = DiffusionTrainer(config, parts, accelerator, out, reporter)
+    trainer = build_adapter_trainer(
+        config, unet=unet, adapter=adapter, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        noise_scheduler=noise_scheduler(base), examples=examples, accelerator=accelerator, mixed_precision=mixed_precision,
+        run_dir=out, reporter=reporter, sampling_scheduler=sampling_scheduler(base),
+        tracker_config={**config.to_dict(), "au_policy": policy["policy"], "mixed_precision": mixed_precision},
+    )
     try:
         trainer.resume()
         state = trainer.train()
@@ -263,3 +236,58 @@ def _run(config: AdapterConfig, base: Path, source, table_path: Path, table: AUS
         adapter.detach()
         trainer.close()
     return AdapterResult(out, state.step, state.last_loss, out / ADAPTER_DIR, len(positions), left_out)
+
+
+def build_adapter_trainer(config: AdapterConfig, *, unet, adapter, vae, text_encoder, tokenizer, noise_scheduler,
+                          examples, accelerator, mixed_precision: str, run_dir: Path | None = None, reporter: Reporter | None = None,
+                          sampling_scheduler=None, tracker_config: dict | None = None):
+    """The train-adapter loop around in-memory components: what ``synfer train-adapter`` runs, and what benchmarks time.
+
+    Freezes the UNet, VAE and text encoder (half precision on a GPU under mixed precision), keeps the
+    adapter in float32, fills the latent cache when ``config.cache_latents``, and returns a
+    :class:`~synfer.train.diffusion.loop.DiffusionTrainer` whose ``train_step(batch)`` is one step
+    (``trainer.caches`` holds the caches, or None). Validation (the AU sweep grid) runs when
+    ``run_dir`` and ``sampling_scheduler`` are given.
+    """
+    import torch
+
+    from .common import build_caches, empty_text
+    from .data import Collate
+    from .loop import DiffusionTrainer, StageParts, frozen_dtype, place
+    from .objectives import AdapterTask
+    from .validation import au_sweep_grid, make_pipeline, save_grid, validation_path
+
+    reporter = reporter or SilentReporter()
+    device = accelerator.device
+    weights_dtype = frozen_dtype(mixed_precision, device)
+    vae = place(vae.requires_grad_(False), device, weights_dtype).eval()
+    text_encoder = place(text_encoder.requires_grad_(False), device, weights_dtype).eval()
+    place(unet.requires_grad_(False), device, weights_dtype)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    place(adapter.requires_grad_(True), device, torch.float32)
+    caches = None
+    if config.cache_latents:
+        caches = build_caches(examples, vae, text_encoder, tokenizer, cache_dir=config.cache_dir, accelerator=accelerator,
+                              reporter=reporter)
+    task = AdapterTask(unet, adapter, vae.config, noise_scheduler, drop_text=config.drop_text, drop_aus=config.drop_aus,
+                       drop_both=config.drop_both, au_noise=config.au_noise, vae=None if caches else vae,
+                       text_encoder=None if caches else text_encoder, empty_text=empty_text(text_encoder, tokenizer, device),
+                       noise_offset=config.noise_offset, min_snr_gamma=config.min_snr_gamma)
+    prompt = config.validation_prompt or next((c for c in examples.captions if c.strip()), "")
+    resolution = examples.resolution
+    validate = None
+    if run_dir is not None and sampling_scheduler is not None:
+        def validate(trainer: DiffusionTrainer, step: int) -> dict:
+            task = trainer.unwrapped
+            pipe = make_pipeline(task.unet, vae, text_encoder, tokenizer, sampling_scheduler, adapter=task.adapter)
+            grid = au_sweep_grid(pipe, prompt, config.validation_seeds[0], config.validation_aus, resolution,
+                                 config.validation_inference_steps, config.validation_guidance_scale, device)
+            save_grid(grid, validation_path(run_dir, step))
+            return {}
+
+    parts = StageParts("train-adapter", task, examples, Collate(None if caches else tokenizer), validate,
+                       tracker_config=tracker_config or {})
+    trainer = DiffusionTrainer(config, parts, accelerator, run_dir, reporter)
+    trainer.caches = caches
+    return trainer

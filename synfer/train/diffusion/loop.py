@@ -172,6 +172,8 @@ def checkpoints(run_dir: Path) -> list[Path]:
 class DiffusionTrainer:
     """One training run of a stage: the accelerate objects and the loop around them."""
 
+    caches = None  # the latent and text caches a stage builder filled, if any
+
     def __init__(self, options: TrainOptions, parts: StageParts, accelerator, run_dir: Path | None,
                  reporter: Reporter | None = None):
         self.options = options
