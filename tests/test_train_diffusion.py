@@ -177,8 +177,10 @@ def test_resume_ends_on_the_weights_of_an_uninterrupted_run(base, data, tmp_path
 def test_saved_lora_loads_into_diffusers_and_changes_its_output(base, data, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    result = train_lora(lora(base, data, tmp_path / "run", max_train_steps=3, learning_rate=5e-3, merge=True, rank=2))
+    result = train_lora(lora(base, data, tmp_path / "run", max_train_steps=3, learning_rate=5e-3, merge=True, rank=2,
+                             checkpoint_every=1, keep_checkpoints=1))
     assert result.weights.name == "pytorch_lora_weights.safetensors"
+    assert [p.name for p in (result.out / "checkpoints").iterdir()] == ["checkpoint-2"]  # the limit holds
 
     def image(pipe):
         pipe.set_progress_bar_config(disable=True)

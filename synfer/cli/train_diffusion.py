@@ -101,7 +101,8 @@ UNET: list[Spec] = [
     ("noise_offset", float, ("--noise-offset",), "Noise offset (e.g. 0.05): darker and brighter images become reachable.", None),
     ("gradient_checkpointing", bool, ("--gradient-checkpointing",), "Recompute UNet activations in the backward pass (less memory).", None),
     ("cache_latents", bool, ("--cache-latents",), "Encode images and captions once, into safetensors shards reused across runs.", None),
-    ("cache_dir", str | None, ("--cache-dir",), "Where --cache-latents keeps its shards (default ~/.cache/synfer/diffusion).", None),
+    ("cache_dir", str | None, ("--cache-dir",),
+     "Where --cache-latents keeps its shards (default $SYNFER_CACHE/diffusion or ~/.cache/synfer/diffusion).", None),
 ]
 
 

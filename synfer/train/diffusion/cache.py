@@ -36,8 +36,9 @@ CACHE_ENV = "SYNFER_CACHE"
 
 
 def default_cache_dir() -> Path:
+    """``$SYNFER_CACHE/diffusion``, else ``~/.cache/synfer/diffusion`` (beside the evaluation's feature cache)."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+        return Path(os.environ[CACHE_ENV]).expanduser() / "diffusion"
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "synfer" / "diffusion"
 
 

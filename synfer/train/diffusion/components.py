@@ -52,9 +52,37 @@ def folder_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def component_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of a component folder that loading reads: configs, tokenizer files, the weights of the variant loaded.
+
+    Hub folders also hold ``.bin``, ``.fp16`` and ``non_ema`` copies of the weights; they are not
+    read, so they are not hashed (Stable Diffusion 1.5's UNet folder holds five copies).
+    """
+    root = Path(folder)
+    variant = _variant(root)
+    files = []
+    for file in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if file.suffix in (".json", ".txt", ".model"):
+            files.append(file)
+        elif file.suffix == ".safetensors":
+            qualifiers = file.name.split(".")[1:-1]
+            if qualifiers == ([variant] if variant else []):
+                files.append(file)
+    return files
+
+
+def component_sha256(folder: str | os.PathLike) -> str:
+    """SHA-256 over the files a component loads from (:func:`component_files`): names and contents."""
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for file in component_files(root):
+        digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def base_hashes(base: str | os.PathLike) -> dict[str, str]:
-    """The SHA-256 of each base component's folder."""
-    return {name: folder_sha256(Path(base) / name) for name in BASE_COMPONENTS}
+    """The SHA-256 of each base component, over the files it loads from."""
+    return {name: component_sha256(Path(base) / name) for name in BASE_COMPONENTS}
 
 
 # -- bases --------------------------------------------------------------------------------------------

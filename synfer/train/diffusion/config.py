@@ -60,7 +60,7 @@ class TrainOptions:
     ``resolution`` None is the base model's native size (SD1.5: 512). ``max_train_steps`` wins over
     ``num_train_epochs``. ``mixed_precision`` "auto" is bf16 (fp16 where bf16 is missing) on a GPU and
     "no" on the CPU; trainable weights stay float32 in every case. ``cache_dir`` None is
-    ``~/.cache/synfer/diffusion`` (``$SYNFER_CACHE`` when set), shared by runs on the same data.
+    ``$SYNFER_CACHE/diffusion`` or ``~/.cache/synfer/diffusion``, shared by runs on the same data.
     """
 
     out: str
