@@ -142,7 +142,16 @@ def _run(config: AdapterConfig, base: Path, source, table_path: Path, table: AUS
     from ...models.au_adapter import AUAdapter
     from ...pipelines.loading import load_au_adapter
     from .common import native_resolution
-    from .components import apply_unet_source, base_hashes, file_sha256, folder_sha256, load_component, noise_scheduler, sampling_scheduler
+    from .components import (
+        apply_unet_source,
+        base_hashes,
+        file_sha256,
+        folder_sha256,
+        load_component,
+        lora_base_mismatch,
+        noise_scheduler,
+        sampling_scheduler,
+    )
     from .data import TrainingExamples, dataset_captions, dataset_fingerprint, dataset_ids, open_training_data
     from .loop import make_training_accelerator, resolve_precision
     from .run import make_record, open_run, speaks
@@ -170,6 +179,9 @@ def _run(config: AdapterConfig, base: Path, source, table_path: Path, table: AUS
     unet = load_component(base, "unet")
     if source is not None:
         unet = apply_unet_source(unet, source, base)
+        warning = lora_base_mismatch(source, hashes["unet"])
+        if warning and main:
+            reporter.log(warning)
     if config.init_adapter is not None:
         adapter = load_au_adapter(config.init_adapter)
         try:

@@ -77,7 +77,15 @@ def build_model(config: BuildModelConfig, reporter: Reporter | None = None) -> B
     from ...pipelines.loading import load_au_adapter
     from ...pipelines.pipeline_synfer import SynFERPipeline
     from .common import check_trained_base
-    from .components import apply_unet_source, base_hashes, folder_sha256, load_component, resolve_unet_source, untrained_components
+    from .components import (
+        apply_unet_source,
+        base_hashes,
+        folder_sha256,
+        load_component,
+        lora_base_mismatch,
+        resolve_unet_source,
+        untrained_components,
+    )
 
     reporter = reporter or SilentReporter()
     base = check_trained_base(config.base, needs_unet=False)
@@ -98,6 +106,9 @@ def build_model(config: BuildModelConfig, reporter: Reporter | None = None) -> B
     unet = load_component(base, "unet")
     if source is not None:
         unet = apply_unet_source(unet, source, base)
+        warning = lora_base_mismatch(source, hashes["unet"])
+        if warning:
+            reporter.log(warning)
     adapter = load_au_adapter(adapter_folder)
     try:
         adapter.attach(unet)

@@ -272,3 +272,14 @@ def apply_unet_source(unet, source: UNetSource, base: str | os.PathLike):
         raise ModelLoadError(f"cannot fuse the LoRA {source.path}: {first_line(error)}") from None
     return unet
 
+
+
+def lora_base_mismatch(source: UNetSource, unet_sha256: str) -> str | None:
+    """A warning when a LoRA run recorded another base UNet than this one (the shapes fit, the weights differ)."""
+    if source.kind != "lora":
+        return None
+    recorded = (source.record.get("inputs", {}).get("base") or {}).get("unet")
+    if recorded is None or recorded == unet_sha256:
+        return None
+    return (f"warning: the LoRA {source.path} was trained on another base UNet (recorded {recorded[:12]}..., "
+            f"this one {unet_sha256[:12]}...); it is fused anyway")
