@@ -116,6 +116,7 @@ class LoopState:
     images: int = 0
     seconds: float = 0.0
     last_loss: float | None = None
+    loss_window: list = field(default_factory=list)  # step losses since the last metrics row
     validated: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -364,7 +365,6 @@ class DiffusionTrainer:
         images_per_step = options.batch_size * accumulation * accelerator.num_processes
         show_metrics = getattr(self.reporter, "show_metrics", None) if self.main else None
         self.task.train()
-        window: list[float] = []
         started, done_before = time.perf_counter(), state.seconds
         with self.reporter.progress(self.parts.name, total=self.total_steps, completed=state.step, unit="step", show=self.main) as advance:
             while state.step < self.total_steps:
@@ -386,11 +386,11 @@ class DiffusionTrainer:
                     step_loss = float(torch.stack(step_losses).mean())
                     step_losses = []
                     state.last_loss = step_loss
-                    window.append(step_loss)
+                    state.loss_window.append(step_loss)
                     state.seconds = done_before + time.perf_counter() - started
                     if state.step % options.log_every == 0 or state.step == self.total_steps:
-                        self._log(window, logs, epoch)
-                        window = []
+                        self._log(state.loss_window, logs, epoch)
+                        state.loss_window = []
                     advance(1)
                     if show_metrics is not None:
                         show_metrics(loss=step_loss, lr=self.lr_scheduler.get_last_lr()[0])
