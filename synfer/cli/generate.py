@@ -8,6 +8,7 @@ import typer
 
 from ..data.format import IMAGE_FORMATS
 from ..pipelines.schedulers import SCHEDULERS
+from ..pipelines.speed import VAE_DTYPES
 from ..pipelines.steering import NORMALIZATIONS
 from ..synth.au_sources import AU_SOURCES
 from ..synth.generate import MODEL_ENV
@@ -40,7 +41,10 @@ def generate(
         C.au_source, "--au-source", help=f"AUs per sample: {AU_SOURCES.choices()} (default prototype; empirical needs --au-table)."
     ),
     au_table: Path = typer.Option(C.au_table, "--au-table", help="Parquet/CSV of real AU vectors with a 'label' column (empirical AUs)."),
-    batch_size: int = typer.Option(C.batch_size, "--batch-size"),
+    batch_size: str = typer.Option(
+        str(C.batch_size), "--batch-size",
+        help="Images per batch, or auto: on CUDA the largest that fits (found on the first batches), elsewhere by free memory.",
+    ),
     steps: int = typer.Option(C.steps, "--steps", help="Denoising steps."),
     guidance_scale: float = typer.Option(C.guidance_scale, "--guidance-scale", help="Classifier-free guidance scale."),
     au_scale: float = typer.Option(C.au_scale, "--au-scale", help="Weight of the AU attention (0 ignores the AUs)."),
@@ -72,6 +76,19 @@ def generate(
     layout_iterations: int = typer.Option(C.layout_iterations, "--layout-iterations", help="Fixed-point refinements per inversion step."),
     scheduler: str = typer.Option(
         C.scheduler, "--scheduler", help=f"Sampler: {SCHEDULERS.choices()} (model: the model's own; dpm-solver++ needs fewer steps)."
+    ),
+    compile: bool = typer.Option(
+        C.compile, "--compile", help="torch.compile the UNet (faster on a GPU after minutes of compiling; recorded: may change last bits)."
+    ),
+    channels_last: bool = typer.Option(
+        C.channels_last, "--channels-last", help="Channels-last convolutions in UNet and VAE (recorded: may change last bits)."
+    ),
+    vae_dtype: str = typer.Option(
+        C.vae_dtype, "--vae-dtype",
+        help=f"VAE dtype: {', '.join(VAE_DTYPES)} (model: as --dtype; float16 redoes an overflowing image in float32).",
+    ),
+    writer_threads: int = typer.Option(
+        C.writer_threads, "--writer-threads", help="Threads encoding images beside sampling (0: inline; shards are the same)."
     ),
 ) -> None:
     """Generate a synthetic facial-expression dataset (sharded, resumable, one process per GPU under accelerate)."""

@@ -48,6 +48,22 @@ def _attend(query, key, value, mask, backend: str) -> torch.Tensor:
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
 
 
+def _add_scaled(text: torch.Tensor, au: torch.Tensor, scale: float) -> torch.Tensor:
+    """``text + scale * au``, with the same rounding, in fewer passes over memory where it is safe.
+
+    Both are fresh [B, queries, dim] outputs of attention, the size of the layer's activations; the
+    AU attention over 4 tokens does little arithmetic, so its cost is memory traffic. Multiplying by 1
+    is exact and is skipped; without autograd the two sums are made in place (no new activation-sized
+    buffers), since no backward pass needs the attention outputs. With autograd on (semantic guidance,
+    training) the out-of-place form keeps them for the backward pass.
+    """
+    if torch.is_grad_enabled():
+        return text + (au if scale == 1 else scale * au)
+    if scale != 1:
+        au.mul_(scale)
+    return text.add_(au)
+
+
 class AUAttnProcessor:
     """Decoupled cross-attention for one layer: text attention plus ``scale`` times attention over AU tokens.
 
@@ -127,8 +143,8 @@ class AUAttnProcessor:
             au_key = au_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             au_value = au_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             au_hidden = _attend(query, au_key, au_value, None, backend)
-            au_hidden = au_hidden.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-            hidden_states = hidden_states + scale * au_hidden.to(query.dtype)
+            au_hidden = au_hidden.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+            hidden_states = _add_scaled(hidden_states, au_hidden, scale)
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)

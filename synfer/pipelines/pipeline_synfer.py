@@ -225,6 +225,33 @@ class SynFERPipeline(DiffusionPipeline):
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] from latents, decoded in the VAE's dtype (which may differ from the UNet's).
+
+        A float16 VAE whose config sets ``force_upcast`` (SD1.5's does, by default) decodes in float16 and
+        decodes again in float32 only the images whose float16 result overflowed (a non-finite value):
+        diffusers' SDXL pipelines upcast such a VAE for every image instead. Whether an image is decoded
+        again depends on that image alone, not on the others in its batch.
+        """
+        vae = self.vae
+        scaled = latents / vae.config.scaling_factor
+        decoded = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
+        if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
+            overflowed = ~torch.isfinite(decoded).flatten(1).all(dim=1)
+            if bool(overflowed.any()):
+                logger.warning(
+                    "%d of %d images overflowed in float16 VAE decoding; decoding them again in float32",
+                    int(overflowed.sum()), len(decoded),
+                )
+                vae.to(dtype=torch.float32)
+                try:
+                    redone = vae.decode(scaled[overflowed].float(), return_dict=False)[0]
+                finally:
+                    vae.to(dtype=torch.float16)
+                decoded = decoded.float()
+                decoded[overflowed] = redone
+        return decoded
+
     def prepare_extra_step_kwargs(self, generator, eta):
         params = set(inspect.signature(self.scheduler.step).parameters)
         kwargs = {}
@@ -391,7 +418,7 @@ class SynFERPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            decoded = self.decode_latents(latents)
             images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * total)
         self.maybe_free_model_hooks()
 

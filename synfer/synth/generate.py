@@ -23,10 +23,12 @@ from pathlib import Path
 from ..data.format import check_image_format
 from ..errors import ConfigError, LabelError, ModelLoadError
 from ..pipelines.schedulers import MODEL_SCHEDULER, SCHEDULERS
+from ..pipelines.speed import MODEL_VAE_DTYPE, check_vae_dtype
 from ..pipelines.steering import VAE_DECODER, check_guidance, check_layout, inverted_steps, parse_window
 from ..progress import Reporter, SilentReporter
+from .batching import parse_batch_size
 from .plan import LABEL_DISTRIBUTIONS, PlanConfig, read_label_weights, scaled_size
-from .runner import DEFAULT_NEGATIVE_PROMPT, DEFAULT_WAIT_TIMEOUT
+from .runner import DEFAULT_NEGATIVE_PROMPT, DEFAULT_WAIT_TIMEOUT, DEFAULT_WRITER_THREADS
 
 MODEL_ENV = "SYNFER_MODEL"
 
@@ -37,7 +39,10 @@ class GenerateConfig:
 
     ``n`` or ``scale`` gives the size (``n`` wins). ``model`` falls back to ``$SYNFER_MODEL``.
     ``height`` and ``width`` default to the model's native size. The ``sg_*`` options apply with
-    ``guidance_model``, the ``layout_*`` ones with ``layout_dir``.
+    ``guidance_model``, the ``layout_*`` ones with ``layout_dir``. ``batch_size`` is a number or
+    ``"auto"``. The speed levers (docs/performance.md): ``compile``, ``channels_last`` and ``vae_dtype``
+    may change images in their last bits, so they are off unless asked and recorded in the manifest;
+    ``batch_size`` and ``writer_threads`` change no sample.
     """
 
     out: str
@@ -52,7 +57,7 @@ class GenerateConfig:
     distribution: str | None = None
     au_source: str | None = None
     au_table: str | None = None
-    batch_size: int = 8
+    batch_size: int | str = 8
     steps: int = 50
     guidance_scale: float = 7.5
     au_scale: float = 1.0
@@ -77,10 +82,18 @@ class GenerateConfig:
     layout_strength: float = 1.0
     layout_iterations: int = 0
     scheduler: str = MODEL_SCHEDULER
+    compile: bool = False
+    channels_last: bool = False
+    vae_dtype: str = MODEL_VAE_DTYPE
+    writer_threads: int = DEFAULT_WRITER_THREADS
     plan: PlanConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        for name in ("batch_size", "steps", "shard_size"):
+        object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
+        if self.writer_threads < 0:
+            raise ConfigError(f"--writer-threads must be >= 0 (0 encodes images inline), got {self.writer_threads}")
+        check_vae_dtype(self.vae_dtype)
+        for name in ("steps", "shard_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0:
@@ -226,6 +239,19 @@ def _steering(config: GenerateConfig):
     return guidance, layout
 
 
+def _apply_levers(pipe, render, reporter: Reporter | None) -> None:
+    """The speed levers ``render`` asks for, after the model's fingerprint was taken (as loaded, in --dtype)."""
+    from ..pipelines.speed import compile_unet, set_vae_dtype, use_channels_last
+
+    set_vae_dtype(pipe, render.vae_dtype)
+    if render.channels_last:
+        use_channels_last(pipe)
+    if render.compile:
+        compile_unet(pipe)
+        if reporter is not None:
+            reporter.log("--compile: the UNet compiles on its first batch (and on each new batch shape), which takes a while")
+
+
 def generate(config: GenerateConfig, reporter: Reporter | None = None) -> GenerateResult:
     """Make this process's unfinished shards of the dataset ``config`` describes; see the module docstring."""
     from ..data.format import done_shards, shard_range
@@ -292,6 +318,9 @@ def generate(config: GenerateConfig, reporter: Reporter | None = None) -> Genera
         image_format=config.image_format,
         shard_size=config.shard_size,
         scheduler=config.scheduler,
+        compile=config.compile,
+        channels_last=config.channels_last,
+        vae_dtype=config.vae_dtype,
         guidance=guidance,
         layout=layout,
     )
@@ -316,6 +345,7 @@ def generate(config: GenerateConfig, reporter: Reporter | None = None) -> Genera
     if layout is not None:
         model_info["layout_dir"] = str(config.layout_dir)
     manifest = build_manifest(planner, render, model_info)
+    _apply_levers(pipe, render, reporter if process.is_main_process else None)
     result = GenerateResult(out, config.plan.n, rank, world_size)
     if rank == 0:  # the only writer of the manifest; the other ranks wait for it on the shared filesystem
         result.grown_from = open_dataset(out, manifest, planner, overwrite=config.overwrite)
@@ -334,7 +364,8 @@ def generate(config: GenerateConfig, reporter: Reporter | None = None) -> Genera
     start = time.perf_counter()
     with reporter.progress(f"{who}generating", total=result.samples, completed=already, show=show) as advance:
         made = generate_dataset(
-            pipe, planner, render, out, batch_size=config.batch_size, rank=rank, world_size=world_size, on_progress=advance
+            pipe, planner, render, out, batch_size=config.batch_size, rank=rank, world_size=world_size, on_progress=advance,
+            writer_threads=config.writer_threads, log=reporter.log if process.is_main_process else None,
         )
     result.seconds = time.perf_counter() - start
     result.made, result.made_shards, result.skipped_shards = made.made, made.made_shards, made.skipped_shards

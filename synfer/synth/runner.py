@@ -40,6 +40,8 @@ from ..data.format import (
 from ..data.run_folder import ResumeRules, RunFolder
 from ..errors import ConfigError, DatasetError
 from ..pipelines.schedulers import MODEL_SCHEDULER
+from ..pipelines.speed import MODEL_VAE_DTYPE, check_vae_dtype
+from .batching import BatchSizer, free_device_memory, is_out_of_memory
 from .plan import PlanConfig, Planner, SamplePlan
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_WAIT_TIMEOUT = 900.0  # seconds a rank > 0 waits for rank 0's manifest (model loading included)
+DEFAULT_WRITER_THREADS = 2  # image-encoding threads beside the sampling loop (0: encode inline)
 
 DEFAULT_NEGATIVE_PROMPT = (
     "cartoon, drawing, painting, illustration, 3d render, blurry, deformed face, extra limbs, text, watermark"
@@ -68,6 +71,10 @@ class RenderConfig:
     image_format: str = "png"
     shard_size: int = 1000
     scheduler: str = MODEL_SCHEDULER  # a name in synfer.pipelines.schedulers.SCHEDULERS
+    # Speed levers that may change images in their last bits (synfer.pipelines.speed); off unless asked.
+    compile: bool = False
+    channels_last: bool = False
+    vae_dtype: str = MODEL_VAE_DTYPE
     # Optional steering; each serialises itself into the manifest (settings and weight hashes).
     guidance: SemanticGuidance | None = None  # target labels are filled in per batch from the plans
     layout: LayoutReferences | None = None
@@ -80,6 +87,7 @@ class RenderConfig:
         if self.height < 8 or self.width < 8:
             raise ConfigError(f"height and width must be >= 8, got {self.height}x{self.width}")
         check_image_format(self.image_format)
+        check_vae_dtype(self.vae_dtype)
 
     def to_dict(self) -> dict:
         """The manifest's ``render`` entry; guidance and layout appear only when used (older manifests match)."""
@@ -129,7 +137,12 @@ DATASET_RULES = ResumeRules(
     ignore=frozenset({"plan.au_table"}),
     may_grow=frozenset({"n", "plan.n"}),
     # Options added since schema version 1, as datasets made before them were made.
-    defaults={"render.scheduler": MODEL_SCHEDULER},
+    defaults={
+        "render.scheduler": MODEL_SCHEDULER,
+        "render.compile": False,
+        "render.channels_last": False,
+        "render.vae_dtype": MODEL_VAE_DTYPE,
+    },
 )
 _RESUME_HINT = "use the same options to resume, another --out, or --overwrite to replace it"
 
@@ -294,42 +307,73 @@ def generate_dataset(
     render: RenderConfig,
     out: Path,
     *,
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     rank: int = 0,
     world_size: int = 1,
     on_progress: Callable[[int], None] | None = None,
+    writer_threads: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ShardWork:
     """Make this process's unfinished shards of the dataset in ``out`` (whose manifest must exist).
 
-    ``on_progress(k)`` is called after each batch of ``k`` new samples.
+    ``batch_size``: a number, or ``"auto"`` (see :mod:`synfer.synth.batching`). ``writer_threads``:
+    threads that encode images while the next batch samples (0: encode inline; the shards' bytes are
+    the same either way). ``on_progress(k)`` is called after each batch of ``k`` new samples; ``log``
+    gets one-line notes (the batch size ``auto`` found).
     """
-    from ..data.writer import ShardWriter  # webdataset loads torch
+    from ..data.writer import ShardSink  # webdataset loads torch
+    from .batching import parse_batch_size
 
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = parse_batch_size(batch_size)
     out = Path(out)
     n = planner.config.n
     result = ShardWork(out)
     finished = done_shards(out)
-    for shard in rank_shards(n, render.shard_size, rank, world_size):
-        indices = shard_range(shard, n, render.shard_size)
-        if shard in finished:
-            result.skipped_shards.append(shard)
-            continue
-        try:
-            with ShardWriter(out, shard, render.image_format) as writer:
-                for start in range(indices.start, indices.stop, batch_size):
-                    plans = [planner.plan(i) for i in range(start, min(start + batch_size, indices.stop))]
-                    for plan, image in zip(plans, render_batch(pipe, plans, render)):
+    guided_decoder = render.guidance is not None and isinstance(render.guidance.decoder, str)
+    sizer = BatchSizer.for_run(batch_size, pipe.device, min(render.shard_size, n), render.height, render.width, guided_decoder, log)
+    sink = ShardSink(DEFAULT_WRITER_THREADS if writer_threads is None else writer_threads)
+    shard = None
+    try:
+        with sink:
+            for shard in rank_shards(n, render.shard_size, rank, world_size):
+                indices = shard_range(shard, n, render.shard_size)
+                if shard in finished:
+                    result.skipped_shards.append(shard)
+                    continue
+                writer = sink.open(out, shard, render.image_format)
+                start = indices.start
+                while start < indices.stop:
+                    count = min(sizer.size, indices.stop - start)
+                    plans = [planner.plan(i) for i in range(start, start + count)]
+                    images = _render_or_none(pipe, plans, render, sizer.adaptive)
+                    if images is None:  # out of memory: outside the except block, so that its frames are gone
+                        free_device_memory()
+                        sizer.out_of_memory(count)
+                        continue
+                    sizer.fitted(count)
+                    for plan, image in zip(plans, images):
                         row, meta = _row_and_meta(plan, shard, render.height, render.width)
-                        writer.write(row, image, meta)
-                    result.made += len(plans)
+                        sink.write(writer, row, image, meta)
+                    result.made += count
+                    start += count
                     if on_progress is not None:
-                        on_progress(len(plans))
-        except OSError as error:  # a full or vanished disk: the shard was rolled back, say why in one line
-            raise DatasetError(f"cannot write shard {shard} of {out}: {error.strerror or error}") from None
-        result.made_shards.append(shard)
+                        on_progress(count)
+                sink.commit(writer)
+                result.made_shards.append(shard)
+    except OSError as error:  # a full or vanished disk: the shard was rolled back, say why in one line
+        failed = sink.failed_shard if sink.failed_shard is not None else shard
+        raise DatasetError(f"cannot write shard {failed} of {out}: {error.strerror or error}") from None
     return result
+
+
+def _render_or_none(pipe, plans: list[SamplePlan], render: RenderConfig, recover: bool):
+    """``render_batch``, or None when it ran out of device memory and ``recover`` (the batch-size search) is on."""
+    try:
+        return render_batch(pipe, plans, render)
+    except Exception as error:
+        if recover and is_out_of_memory(error):
+            return None
+        raise
 
 
 def finish_dataset(out: Path) -> bool:
