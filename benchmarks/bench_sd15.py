@@ -16,8 +16,9 @@ kept; every line names the resolution, steps, batch and torch threads it ran wit
   a plain UNet training step (every UNet weight trained with AdamW, as diffusers' example scripts do)
   at ``--train-resolution``.
 - ``levers``: channels-last (UNet, VAE decode), bfloat16 VAE decoding, batch size per image, image
-  encoding on the writer's thread pool, SDPA in every attention layer, torch.compile (tiny preset;
-  SD1.5 with ``--compile-sd15``).
+  encoding per format, the writer's thread pool in the sampling loop (the sampler stood in by a wait
+  as long as a GPU's batch, which holds no GIL, as CUDA does not), SDPA in every attention layer,
+  torch.compile (tiny preset; SD1.5 with ``--compile-sd15``).
 - ``schedulers``: seconds per image with DPM-Solver++ at 10/15/20/25 steps against DDIM at 50, SD1.5
   at ``--scheduler-resolution`` and the tiny preset.
 
@@ -78,8 +79,40 @@ def flop_counts(resolution: int, steps: int, guidance: str | None = None) -> dic
 
 
 # -- sections ---------------------------------------------------------------------------------------
+def cross_attention_layer_overhead(queries: int, channels: int, rounds: int = 15, calls: int = 10) -> dict:
+    """One SD1.5 cross-attention layer (batch 2, 77 text tokens, 4 AU tokens): the AU processor against diffusers'.
+
+    CPU time per call, min over interleaved rounds: the layer is small, so its own cost shows here while
+    it is lost in the UNet's noise.
+    """
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from synfer.models.au_adapter import AUAdapter, AUAttnProcessor
+
+    torch.manual_seed(0)
+    layer = Attention(channels, cross_attention_dim=768, heads=8, dim_head=channels // 8).eval()
+    state = AUAdapter()._state  # a fresh adapter's shared state: scale 1, sdpa
+    processor = AUAttnProcessor(torch.nn.Linear(768, channels, bias=False), torch.nn.Linear(768, channels, bias=False), state)
+    hidden, text, tokens = torch.randn(2, queries, channels), torch.randn(2, 77, 768), torch.randn(2, 4, 768)
+    variants = {"bare": (AttnProcessor2_0(), text), "adapter": (processor, (text, tokens))}
+    best_times = {name: float("inf") for name in variants}
+    with torch.no_grad():
+        for round_ in range(rounds + 1):
+            for name, (proc, context) in variants.items():
+                start = time.process_time()
+                for _ in range(calls):
+                    proc(layer, hidden, context)
+                if round_:  # the first round warms up
+                    best_times[name] = min(best_times[name], (time.process_time() - start) / calls)
+    return {"queries": queries, "channels": channels, "bare_ms": round(1000 * best_times["bare"], 3),
+            "adapter_ms": round(1000 * best_times["adapter"], 3), "overhead": round(best_times["adapter"] / best_times["bare"] - 1, 3)}
+
+
 def section_adapter(pipes: Pipelines, args, common: dict) -> None:
     size = args.resolution
+    for queries, channels in ((1024, 320), (4096, 320)):  # SD1.5's widest cross-attention layers at 256 and 512 px
+        emit({"section": "adapter", "what": "cross_attention_layer", "batch": 2, "timer": "cpu time",
+              **cross_attention_layer_overhead(queries, channels)}, common)
     unet = interleaved({"bare": pipes.unet_eval(2, size, False), "adapter": pipes.unet_eval(2, size, True)}, args.repeats)
     flops = flop_counts(size, args.steps)
     emit({"section": "adapter", "what": "unet_eval", "batch": 2, "bare": summary(unet["bare"]), "adapter": summary(unet["adapter"]),
@@ -148,6 +181,15 @@ def section_feranno(pipes: Pipelines, args, common: dict) -> None:
 def section_train(pipes: Pipelines, args, common: dict) -> None:
     """The train-adapter step against a plain UNet training step, at --train-resolution (run this section last:
     the plain step leaves AdamW's state for 860M weights behind, and the UNet frozen in float32)."""
+    from synfer.synth.batching import available_memory_bytes
+
+    # The plain step trains every UNet weight with AdamW: gradients and two moments, 12 bytes per weight.
+    need = 12 * sum(p.numel() for p in pipes.unet.parameters()) * 1.3
+    available = available_memory_bytes()
+    if available is not None and available < need:
+        emit({"section": "train", "measured": False,
+              "reason": f"needs about {need / 2**30:.1f} GiB for AdamW over the UNet, {available / 2**30:.1f} GiB available"}, common)
+        return
     try:
         steps = train_steps(pipes.components, args.train_batch, args.train_resolution)
     except Exception as error:  # the training loop's API is not there (or has moved): say so, measure the rest
@@ -163,7 +205,7 @@ def section_levers(pipes: Pipelines, args, common: dict) -> None:
     from synfer.pipelines.speed import attention_report, use_channels_last
 
     size = args.resolution
-    emit({"section": "levers", "lever": "sdpa", **attention_report(pipes.synfer)}, common)
+    emit({"section": "levers", "lever": "sdpa", **attention_report(pipes.use("synfer"))}, common)
 
     # channels-last: a fresh copy would double the memory, so the same modules switch format between rounds.
     def formatted(run, channels_last: bool):

@@ -272,7 +272,7 @@ def part_levers(suite: Suite, pipes: Pipelines, cfg: dict) -> None:
     from synfer.pipelines.speed import attention_report, use_channels_last
 
     size, batch = cfg["size"], cfg["batches"][min(1, len(cfg["batches"]) - 1)]
-    suite.emit({"measure": "levers", "lever": "sdpa", **attention_report(pipes.synfer)})
+    suite.emit({"measure": "levers", "lever": "sdpa", **attention_report(pipes.use("synfer"))})
 
     def formatted(run, channels_last: bool):
         def call():

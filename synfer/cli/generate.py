@@ -85,7 +85,7 @@ def generate(
     ),
     vae_dtype: str = typer.Option(
         C.vae_dtype, "--vae-dtype",
-        help=f"VAE dtype: {', '.join(VAE_DTYPES)} (model: as --dtype; float16 redoes an overflowing image in float32).",
+        help=f"VAE dtype: {VAE_DTYPES.choices()} (model: as --dtype; float16 redoes an overflowing image in float32).",
     ),
     writer_threads: int = typer.Option(
         C.writer_threads, "--writer-threads", help="Threads encoding images beside sampling (0: inline; shards are the same)."

@@ -21,28 +21,32 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
 MODEL_VAE_DTYPE = "model"  # the VAE stays in the pipeline's dtype (--dtype), as diffusers' StableDiffusionPipeline runs it
-VAE_DTYPES = (MODEL_VAE_DTYPE, "float32", "float16", "bfloat16")
 COMPILE_BACKEND = "inductor"  # torch.compile's default backend
+
+# --vae-dtype NAME -> the torch dtype's name (None: keep the VAE as loaded).
+VAE_DTYPES: Registry[str | None] = Registry("VAE dtype")
+VAE_DTYPES.register(MODEL_VAE_DTYPE, None)
+for _name in ("float32", "float16", "bfloat16"):
+    VAE_DTYPES.register(_name, _name)
 
 
 def check_vae_dtype(name: str) -> str:
-    if name not in VAE_DTYPES:
-        raise ConfigError(f"unknown --vae-dtype {name!r} (accepted: {', '.join(VAE_DTYPES)})")
-    return name
+    return VAE_DTYPES.check(name)
 
 
 def set_vae_dtype(pipe, name: str) -> torch.dtype:
     """Cast ``pipe.vae`` to the dtype ``name`` (``model`` leaves it as loaded); returns the VAE's dtype."""
     import torch
 
-    if check_vae_dtype(name) != MODEL_VAE_DTYPE:
-        pipe.vae.to(dtype=getattr(torch, name))
+    dtype = VAE_DTYPES[name]
+    if dtype is not None:
+        pipe.vae.to(dtype=getattr(torch, dtype))
     return pipe.vae.dtype
 
 

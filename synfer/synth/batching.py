@@ -24,7 +24,9 @@ from ..errors import ConfigError, DatasetError
 
 AUTO = "auto"
 AUTO_LIMIT = 64  # beyond this a GPU's throughput per image no longer grows
-CPU_AUTO_LIMIT = 8  # a CPU's seconds per image are flat in the batch size; this bounds memory and latency
+# On a CPU a batch gains little per image beyond a few images (SD1.5 shapes at 256 px, one CFG step:
+# 1.20x at 2 images, 1.33x at 4; decoding flat; docs/performance.md), while memory grows with it.
+CPU_AUTO_LIMIT = 8
 # Estimated peak bytes per output pixel of one image (float32): the VAE decoder's widest activations
 # (128 channels at full resolution, about four alive at once); backpropagating through the decoder
 # (semantic guidance with --sg-decoder vae) keeps about eight times as many.
