@@ -69,3 +69,12 @@ def test_real_backbones_build_on_meta():
         resnet50 = create_backbone("resnet50")
     assert resnet18.feature_dim == 512 and resnet50.feature_dim == 2048
     assert 11_000_000 < sum(p.numel() for p in resnet18.parameters()) < 12_000_000
+
+
+def test_the_small_image_resnet_reads_32_pixel_faces_at_its_64_pixel_input():
+    from synfer.models.classifier import create_classifier
+
+    classifier = create_classifier("resnet-small", "affectnet8")
+    assert classifier.input_size == 64 and sum(p.numel() for p in classifier.parameters()) < 2_000_000
+    with torch.no_grad():
+        assert classifier(torch.rand(2, 3, 32, 32)).shape == (2, 8)  # resized to its input size first

@@ -35,6 +35,9 @@ for _spec in (
     BackboneSpec("convnext-tiny", "convnext", {"depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768]}, "facebook/convnext-tiny-224"),
     BackboneSpec("vit-base", "vit", {"image_size": 224, "patch_size": 16}, "google/vit-base-patch16-224-in21k",
                  mean=(0.5,) * 3, std=(0.5,) * 3),
+    # Small images on a CPU (the procedural world): a ResNet a tenth of ResNet-18's width, random init.
+    BackboneSpec("resnet-small", "resnet", {"embedding_size": 32, "depths": [1, 1, 1, 1], "hidden_sizes": [32, 64, 128, 256],
+                                           "layer_type": "basic"}, input_size=64),
     # Tiny configs: random weights, milliseconds per batch on a CPU, for tests and smoke runs.
     BackboneSpec("tiny-resnet", "resnet", {"embedding_size": 8, "depths": [1, 1], "hidden_sizes": [8, 16], "layer_type": "basic"},
                  input_size=32),
