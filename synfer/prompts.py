@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +23,7 @@ import numpy as np
 from .aus import AU_TABLE, AUVector
 from .errors import ConfigError
 from .expressions import Expression, parse_expression
+from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -327,12 +329,42 @@ class LLMEnricher:
         return self.fallback(request)
 
 
-class PromptBuilder:
-    """Builds the caption of each sample; the enricher is pluggable, the template is the default."""
+class PlainEnricher:
+    """The coarse text and the expression's phrase, nothing else: ``"a cartoon face, smiling happily"``.
 
-    def __init__(self, tokenizer=None, enricher: PromptEnricher | None = None, max_tokens: int | None = None):
+    For models trained on captions of their own kind (the procedural world's), where the template's
+    photographic vocabulary (age, ethnicity, lighting, camera) describes nothing the model has seen.
+    """
+
+    def __init__(self, tokenizer=None, max_tokens: int | None = None):
         self.template = TemplateEnricher(tokenizer, max_tokens)
-        self.enricher = enricher or self.template
+
+    def __call__(self, request: PromptRequest) -> str:
+        text = f"{(request.coarse or 'a photo of a face').strip()}, {EXPRESSION_PHRASES[request.expression]}"
+        if not self.template.fits(text):
+            raise ConfigError(f"the caption {text!r} is longer than the text encoder's {self.template.max_tokens} tokens")
+        return text
+
+
+# --captions NAME -> an enricher from the tokenizer (and a token budget).
+CAPTION_STYLES: Registry[Callable[..., PromptEnricher]] = Registry("caption style")
+CAPTION_STYLES.register("template", TemplateEnricher)
+CAPTION_STYLES.register("plain", PlainEnricher)
+DEFAULT_CAPTION_STYLE = "template"
+
+
+class PromptBuilder:
+    """Builds the caption of each sample; the enricher is pluggable, the template is the default.
+
+    ``style`` names a registered enricher (:data:`CAPTION_STYLES`); ``enricher`` replaces it.
+    """
+
+    def __init__(
+        self, tokenizer=None, enricher: PromptEnricher | None = None, max_tokens: int | None = None, style: str = DEFAULT_CAPTION_STYLE
+    ):
+        self.style = CAPTION_STYLES.check(style)
+        self.template = TemplateEnricher(tokenizer, max_tokens)
+        self.enricher = enricher or (self.template if style == "template" else CAPTION_STYLES[style](tokenizer, max_tokens))
 
     def build(
         self,

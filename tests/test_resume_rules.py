@@ -131,3 +131,16 @@ def test_run_folder_refuses_foreign_folders_and_asks_for_resume(tmp_path):
     with pytest.raises(DatasetError, match="not empty and is not a synfer training run"):
         RunFolder(foreign, "config.json", "training run").open({"config": {}}, rules)
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_plain_captions_are_the_prompt_and_the_expression_and_recorded(tmp_path):
+    out = tmp_path / "d"
+    result = generate("--n", "3", "--label", "happy", "--captions", "plain", "--prompt", "a cartoon face", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    import pyarrow.parquet as pq
+
+    prompts = pq.read_table(out / "shards" / "00000.parquet").column("prompt").to_pylist()
+    assert prompts == ["a cartoon face, smiling happily"] * 3
+    assert read_manifest(out)["plan"]["captions"] == "plain"
+    unknown = generate("--n", "3", "--captions", "poetic", "--out", str(tmp_path / "x"))
+    assert unknown.exit_code == 2 and "unknown caption style 'poetic' (accepted: template, plain)" in unknown.stderr

@@ -10,6 +10,7 @@ from ..data.format import IMAGE_FORMATS
 from ..pipelines.schedulers import SCHEDULERS
 from ..pipelines.speed import VAE_DTYPES
 from ..pipelines.steering import NORMALIZATIONS
+from ..prompts import CAPTION_STYLES
 from ..synth.au_sources import AU_SOURCES
 from ..synth.generate import MODEL_ENV
 from ..synth.generate import GenerateConfig as C
@@ -74,6 +75,10 @@ def generate(
     layout_dir: Path = typer.Option(C.layout_dir, "--layout-dir", help="Reference faces: each sample starts from one's DDIM inversion."),
     layout_strength: float = typer.Option(C.layout_strength, "--layout-strength", help="Fraction of the schedule inverted, in (0, 1]."),
     layout_iterations: int = typer.Option(C.layout_iterations, "--layout-iterations", help="Fixed-point refinements per inversion step."),
+    captions: str = typer.Option(
+        C.captions, "--captions", help=f"Caption style: {CAPTION_STYLES.choices()} (plain: --prompt and the expression, for models "
+        "trained on captions of their own kind, such as the world's)."
+    ),
     scheduler: str = typer.Option(
         C.scheduler, "--scheduler", help=f"Sampler: {SCHEDULERS.choices()} (model: the model's own; dpm-solver++ needs fewer steps)."
     ),

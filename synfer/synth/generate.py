@@ -26,6 +26,7 @@ from ..pipelines.schedulers import MODEL_SCHEDULER, SCHEDULERS
 from ..pipelines.speed import MODEL_VAE_DTYPE, check_vae_dtype
 from ..pipelines.steering import VAE_DECODER, check_guidance, check_layout, inverted_steps, parse_window
 from ..progress import Reporter, SilentReporter
+from ..prompts import DEFAULT_CAPTION_STYLE
 from .batching import parse_batch_size
 from .plan import LABEL_DISTRIBUTIONS, PlanConfig, read_label_weights, scaled_size
 from .runner import DEFAULT_NEGATIVE_PROMPT, DEFAULT_WAIT_TIMEOUT, DEFAULT_WRITER_THREADS
@@ -82,6 +83,7 @@ class GenerateConfig:
     layout_strength: float = 1.0
     layout_iterations: int = 0
     scheduler: str = MODEL_SCHEDULER
+    captions: str = DEFAULT_CAPTION_STYLE
     compile: bool = False
     channels_last: bool = False
     vae_dtype: str = MODEL_VAE_DTYPE
@@ -164,6 +166,7 @@ class GenerateConfig:
             au_source="empirical" if au_table is not None else au_source,
             au_table=str(Path(au_table).resolve()) if au_table is not None else None,
             au_table_sha256=file_sha256(au_table) if au_table is not None else None,
+            captions=self.captions,
         )
 
 
@@ -324,7 +327,7 @@ def generate(config: GenerateConfig, reporter: Reporter | None = None) -> Genera
         guidance=guidance,
         layout=layout,
     )
-    planner = Planner(config.plan, PromptBuilder(pipe.tokenizer))
+    planner = Planner(config.plan, PromptBuilder(pipe.tokenizer, style=config.plan.captions))
     if guidance is not None:
         # Every label the plan can give must be a class of the classifier: fail now, not at shard 37.
         try:

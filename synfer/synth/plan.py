@@ -36,7 +36,7 @@ from ..expressions import (
     get_label_set,
     parse_expression,
 )
-from ..prompts import PromptBuilder, SubjectAttributes
+from ..prompts import CAPTION_STYLES, DEFAULT_CAPTION_STYLE, PromptBuilder, SubjectAttributes
 from ..registry import Registry
 from .apportion import Apportionment, apportion, integer_weights
 from .au_sources import AU_SOURCES, AUSource
@@ -123,6 +123,7 @@ class PlanConfig:
     au_source: str | None = None  # a key of AU_SOURCES; None: "fixed" with aus, else "prototype"
     au_table: str | None = None  # "empirical" only: the AU table file ...
     au_table_sha256: str | None = None  # ... and its content hash
+    captions: str = DEFAULT_CAPTION_STYLE  # a key of synfer.prompts.CAPTION_STYLES
 
     def __post_init__(self):
         if self.n < 1:
@@ -154,6 +155,7 @@ class PlanConfig:
             raise ConfigError("fixed AUs (--aus) go with the 'fixed' AU source, and only with it")
         if (source == "empirical") != (self.au_table is not None):
             raise ConfigError("an AU table (--au-table) goes with the 'empirical' AU source, and only with it")
+        CAPTION_STYLES.check(self.captions)
         if source == "empirical" and not self.au_table_sha256:
             raise ConfigError("the 'empirical' AU source needs the sha256 of its table")
 
@@ -189,7 +191,9 @@ class Planner:
     def __init__(self, config: PlanConfig, prompts: PromptBuilder | None = None):
         self.config = config
         self.label_set: LabelSet = get_label_set(config.classes)
-        self.prompts = prompts or PromptBuilder()
+        self.prompts = prompts or PromptBuilder(style=config.captions)
+        if self.prompts.style != config.captions:
+            raise ConfigError(f"the plan asks for {config.captions!r} captions, the prompt builder writes {self.prompts.style!r} ones")
         self.au_source: AUSource = AU_SOURCES[config.au_source](config)
         self.fixed_label = None if config.label is None else parse_expression(config.label)
         self.inferred_label: tuple[Expression, float] | None = None

@@ -41,6 +41,7 @@ from ..data.run_folder import ResumeRules, RunFolder
 from ..errors import ConfigError, DatasetError
 from ..pipelines.schedulers import MODEL_SCHEDULER
 from ..pipelines.speed import MODEL_VAE_DTYPE, check_vae_dtype
+from ..prompts import DEFAULT_CAPTION_STYLE
 from .batching import BatchSizer, free_device_memory, is_out_of_memory
 from .plan import PlanConfig, Planner, SamplePlan
 
@@ -139,6 +140,7 @@ DATASET_RULES = ResumeRules(
     # Options added since schema version 1, as datasets made before them were made.
     defaults={
         "render.scheduler": MODEL_SCHEDULER,
+        "plan.captions": DEFAULT_CAPTION_STYLE,
         "render.compile": False,
         "render.channels_last": False,
         "render.vae_dtype": MODEL_VAE_DTYPE,
