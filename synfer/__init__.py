@@ -8,6 +8,12 @@ One library function per stage, each taking one frozen config and returning a re
     train_downstream(DownstreamConfig(...))    -> DownstreamOutput     (synfer train-downstream)
     train_annotator(AnnotatorConfig(...))      -> AnnotatorOutput      (synfer train-annotator)
     evaluate(EvaluateConfig(...))              -> EvaluateResult       (synfer evaluate)
+    init_model(InitModelConfig(...))           -> InitResult           (synfer init-model)
+    train_vae(VaeConfig(...))                  -> VaeResult            (synfer train-vae)
+    train_lora(LoraConfig(...))                -> LoraResult           (synfer train-lora)
+    train_adapter(AdapterConfig(...))          -> AdapterResult        (synfer train-adapter)
+    build_model(BuildModelConfig(...))         -> BuildResult          (synfer build-model)
+    make_world(WorldConfig(...), out)          -> WorldResult          (synfer world)
 
 The command line is a thin shell over these; the models and pipelines they use are importable too.
 """
@@ -51,6 +57,26 @@ _LAZY = {
     "AnnotatorConfig": "synfer.train.annotator",
     "AnnotatorOutput": "synfer.train.annotator",
     "train_annotator": "synfer.train.annotator",
+    # The defining modules, not the package synfer.train.diffusion: once its submodule init_model is imported,
+    # the package's attribute of that name is the submodule, no longer the function.
+    "InitModelConfig": "synfer.train.diffusion.config",
+    "InitResult": "synfer.train.diffusion.init_model",
+    "init_model": "synfer.train.diffusion.init_model",
+    "VaeConfig": "synfer.train.diffusion.config",
+    "VaeResult": "synfer.train.diffusion.vae",
+    "train_vae": "synfer.train.diffusion.vae",
+    "LoraConfig": "synfer.train.diffusion.config",
+    "LoraResult": "synfer.train.diffusion.lora",
+    "train_lora": "synfer.train.diffusion.lora",
+    "AdapterConfig": "synfer.train.diffusion.config",
+    "AdapterResult": "synfer.train.diffusion.adapter",
+    "train_adapter": "synfer.train.diffusion.adapter",
+    "BuildModelConfig": "synfer.train.diffusion.config",
+    "BuildResult": "synfer.train.diffusion.build",
+    "build_model": "synfer.train.diffusion.build",
+    "WorldConfig": "synfer.world.make",
+    "WorldResult": "synfer.world.make",
+    "make_world": "synfer.world.make",
 }
 
 if TYPE_CHECKING:
@@ -65,7 +91,14 @@ if TYPE_CHECKING:
     from .prompts import PromptBuilder
     from .synth.generate import GenerateConfig, GenerateResult, generate
     from .train.annotator import AnnotatorConfig, AnnotatorOutput, train_annotator
+    from .train.diffusion.adapter import AdapterResult, train_adapter
+    from .train.diffusion.build import BuildResult, build_model
+    from .train.diffusion.config import AdapterConfig, BuildModelConfig, InitModelConfig, LoraConfig, VaeConfig
+    from .train.diffusion.init_model import InitResult, init_model
+    from .train.diffusion.lora import LoraResult, train_lora
+    from .train.diffusion.vae import VaeResult, train_vae
     from .train.downstream import DownstreamConfig, DownstreamOutput, train_downstream
+    from .world.make import WorldConfig, WorldResult, make_world
 
 
 def __getattr__(name: str):
@@ -76,6 +109,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "__version__",
+    "AdapterConfig",
+    "AdapterResult",
     "AFFECTNET7",
     "AFFECTNET8",
     "annotate_aus",
@@ -86,6 +121,9 @@ __all__ = [
     "AU_NAMES",
     "AUAdapter",
     "AUVector",
+    "build_model",
+    "BuildModelConfig",
+    "BuildResult",
     "DownstreamConfig",
     "DownstreamOutput",
     "evaluate",
@@ -95,10 +133,16 @@ __all__ = [
     "generate",
     "GenerateConfig",
     "GenerateResult",
+    "init_model",
+    "InitModelConfig",
+    "InitResult",
     "LabelSet",
     "LayoutInit",
     "LayoutReferences",
     "load_pipeline",
+    "LoraConfig",
+    "LoraResult",
+    "make_world",
     "nearest_expression",
     "PromptBuilder",
     "prototype",
@@ -109,6 +153,13 @@ __all__ = [
     "SynferError",
     "SynFEROutput",
     "SynFERPipeline",
+    "train_adapter",
     "train_annotator",
     "train_downstream",
+    "train_lora",
+    "train_vae",
+    "VaeConfig",
+    "VaeResult",
+    "WorldConfig",
+    "WorldResult",
 ]
