@@ -57,11 +57,10 @@ _LAZY = {
     "AnnotatorConfig": "synfer.train.annotator",
     "AnnotatorOutput": "synfer.train.annotator",
     "train_annotator": "synfer.train.annotator",
-    # The defining modules, not the package synfer.train.diffusion: once its submodule init_model is imported,
-    # the package's attribute of that name is the submodule, no longer the function.
+    # The defining modules, so that each name resolves without a detour through its package's own lazy table.
     "InitModelConfig": "synfer.train.diffusion.config",
-    "InitResult": "synfer.train.diffusion.init_model",
-    "init_model": "synfer.train.diffusion.init_model",
+    "InitResult": "synfer.train.diffusion.new_base",
+    "init_model": "synfer.train.diffusion.new_base",
     "VaeConfig": "synfer.train.diffusion.config",
     "VaeResult": "synfer.train.diffusion.vae",
     "train_vae": "synfer.train.diffusion.vae",
@@ -94,8 +93,8 @@ if TYPE_CHECKING:
     from .train.diffusion.adapter import AdapterResult, train_adapter
     from .train.diffusion.build import BuildResult, build_model
     from .train.diffusion.config import AdapterConfig, BuildModelConfig, InitModelConfig, LoraConfig, VaeConfig
-    from .train.diffusion.init_model import InitResult, init_model
     from .train.diffusion.lora import LoraResult, train_lora
+    from .train.diffusion.new_base import InitResult, init_model
     from .train.diffusion.vae import VaeResult, train_vae
     from .train.downstream import DownstreamConfig, DownstreamOutput, train_downstream
     from .world.make import WorldConfig, WorldResult, make_world

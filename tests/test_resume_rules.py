@@ -144,3 +144,37 @@ def test_plain_captions_are_the_prompt_and_the_expression_and_recorded(tmp_path)
     assert read_manifest(out)["plan"]["captions"] == "plain"
     unknown = generate("--n", "3", "--captions", "poetic", "--out", str(tmp_path / "x"))
     assert unknown.exit_code == 2 and "unknown caption style 'poetic' (accepted: template, plain)" in unknown.stderr
+
+
+def test_prompt_file_lines_are_drawn_per_sample_prefix_stably_and_checked_by_content(tmp_path):
+    import pyarrow.parquet as pq
+
+    lines = ["a cartoon face of a person with red hair", "a cartoon face of a person wearing glasses", "a cartoon face with a hat"]
+    texts = tmp_path / "prompts.txt"
+    texts.write_text("\n".join(lines) + "\n\n")
+    out = tmp_path / "d"
+    args = ["--label", "happy", "--captions", "plain", "--prompt-file", str(texts), "--out", str(out)]
+    assert generate("--n", "12", *args).exit_code == 0
+
+    def prompts(folder):
+        return pq.read_table(folder / "shards" / "00000.parquet").column("prompt").to_pylist()
+
+    made = prompts(out)
+    assert set(made) <= {f"{line}, smiling happily" for line in lines} and len(set(made)) > 1
+    assert read_manifest(out)["plan"]["prompt_file_sha256"]
+    other = tmp_path / "smaller"
+    assert generate("--n", "5", *args[:-1], str(other)).exit_code == 0
+    assert prompts(other) == made[:5]  # a sample's line depends on the seed and its index alone
+
+    moved = tmp_path / "moved.txt"
+    moved.write_bytes(texts.read_bytes())
+    assert generate("--n", "12", *args[:5], str(moved), "--out", str(out)).exit_code == 0  # the content counts, not the path
+    texts.write_text("another face\n")
+    changed = generate("--n", "12", *args)
+    assert changed.exit_code == 2 and "differs in: plan.prompt_file_sha256" in changed.stderr
+    both = generate("--n", "2", *args[:-1], str(tmp_path / "b"), "--prompt", "x")
+    assert both.exit_code == 2 and "--prompt and --prompt-file" in both.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    refused = generate("--n", "2", "--prompt-file", str(empty), "--out", str(tmp_path / "e"))
+    assert refused.exit_code == 2 and "has no non-empty lines" in refused.stderr

@@ -34,6 +34,9 @@ def generate(
     aus: str = typer.Option(C.aus, "--aus", help="AUs for every sample, e.g. '6,12', 'AU6:2.5,AU12:4', 'L12,R14'."),
     label: str = typer.Option(C.label, "--label", help="Expression for every sample (name or AffectNet id)."),
     prompt: str = typer.Option(C.prompt, "--prompt", help="Coarse text added to every caption."),
+    prompt_file: Path = typer.Option(
+        C.prompt_file, "--prompt-file", help="Coarse texts, one a line (e.g. captions without expression words); each sample draws one."
+    ),
     classes: int = typer.Option(C.classes, "--classes", help="Label set: 8 (AffectNet-8) or 7 (no contempt)."),
     distribution: str = typer.Option(
         C.distribution, "--distribution", help=f"Labels: {_DISTRIBUTIONS} (default balanced), or a JSON file {{label: weight}}."

@@ -170,7 +170,7 @@ INIT: list[Spec] = [
 
 
 def _run_init(config: InitModelConfig) -> None:
-    from ..train.diffusion.init_model import init_model
+    from ..train.diffusion.new_base import init_model
 
     quiet_libraries()
     result = init_model(config, RichReporter())

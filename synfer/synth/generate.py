@@ -28,7 +28,7 @@ from ..pipelines.steering import VAE_DECODER, check_guidance, check_layout, inve
 from ..progress import Reporter, SilentReporter
 from ..prompts import DEFAULT_CAPTION_STYLE
 from .batching import parse_batch_size
-from .plan import LABEL_DISTRIBUTIONS, PlanConfig, read_label_weights, scaled_size
+from .plan import LABEL_DISTRIBUTIONS, PlanConfig, read_label_weights, read_prompt_file, scaled_size
 from .runner import DEFAULT_NEGATIVE_PROMPT, DEFAULT_WAIT_TIMEOUT, DEFAULT_WRITER_THREADS
 
 MODEL_ENV = "SYNFER_MODEL"
@@ -54,6 +54,7 @@ class GenerateConfig:
     aus: str | None = None
     label: str | None = None
     prompt: str | None = None
+    prompt_file: str | None = None
     classes: int = 8
     distribution: str | None = None
     au_source: str | None = None
@@ -124,6 +125,15 @@ class GenerateConfig:
             raise ModelLoadError(NO_MODEL_MESSAGE)
         return name
 
+    def _prompt_file_sha256(self) -> str | None:
+        """The prompt file's hash, after reading it once: an empty or missing file fails here, before any model loads."""
+        from .au_sources import file_sha256
+
+        if self.prompt_file is None:
+            return None
+        read_prompt_file(self.prompt_file)
+        return file_sha256(self.prompt_file)
+
     def _plan_config(self) -> PlanConfig:
         """The plan from the options, checked before anything slow happens."""
         from ..aus import AUVector
@@ -161,6 +171,8 @@ class GenerateConfig:
             label=int(parse_expression(self.label)) if self.label is not None else None,
             aus=AUVector.parse(self.aus).format() if self.aus is not None else None,
             prompt=self.prompt,
+            prompt_file=str(Path(self.prompt_file).resolve()) if self.prompt_file is not None else None,
+            prompt_file_sha256=self._prompt_file_sha256(),
             distribution=distribution or "balanced",
             weights=weights,
             au_source="empirical" if au_table is not None else au_source,

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from ..aus import AUVector, nearest_expression
 from ..data.format import sample_key
 from ..errors import ConfigError
@@ -39,8 +41,8 @@ from ..expressions import (
 from ..prompts import CAPTION_STYLES, DEFAULT_CAPTION_STYLE, PromptBuilder, SubjectAttributes
 from ..registry import Registry
 from .apportion import Apportionment, apportion, integer_weights
-from .au_sources import AU_SOURCES, AUSource
-from .seeds import LABEL_STREAM, derive_seed
+from .au_sources import AU_SOURCES, AUSource, file_sha256
+from .seeds import LABEL_STREAM, PROMPT_STREAM, derive_seed
 
 __all__ = ["PlanConfig", "Planner", "SamplePlan", "derive_seed", "normalize_label_weights", "read_label_weights", "scaled_size"]
 
@@ -108,6 +110,22 @@ def read_label_weights(path: str | Path) -> tuple[tuple[str, float], ...]:
     return normalize_label_weights(data.items())
 
 
+def read_prompt_file(path: str | Path, sha256: str | None = None) -> tuple[str, ...]:
+    """The non-empty lines of a prompt file (UTF-8 text, one coarse text a line), checked against ``sha256``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompt file {str(path)!r} does not exist")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise ConfigError(f"prompt file {path} has changed since this plan was made (its sha256 differs from the manifest's)")
+    try:
+        lines = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read prompt file {path}: {error}") from None
+    if not lines:
+        raise ConfigError(f"prompt file {path} has no non-empty lines")
+    return lines
+
+
 @dataclass(frozen=True)
 class PlanConfig:
     """Everything that decides what the samples are (and nothing that only decides how they are made)."""
@@ -124,6 +142,8 @@ class PlanConfig:
     au_table: str | None = None  # "empirical" only: the AU table file ...
     au_table_sha256: str | None = None  # ... and its content hash
     captions: str = DEFAULT_CAPTION_STYLE  # a key of synfer.prompts.CAPTION_STYLES
+    prompt_file: str | None = None  # coarse texts, one per line, one drawn per sample ...
+    prompt_file_sha256: str | None = None  # ... and the file's content hash
 
     def __post_init__(self):
         if self.n < 1:
@@ -158,6 +178,10 @@ class PlanConfig:
         CAPTION_STYLES.check(self.captions)
         if source == "empirical" and not self.au_table_sha256:
             raise ConfigError("the 'empirical' AU source needs the sha256 of its table")
+        if self.prompt_file is not None and self.prompt is not None:
+            raise ConfigError("--prompt and --prompt-file both give the coarse text; give one of them")
+        if (self.prompt_file is None) != (self.prompt_file_sha256 is None):
+            raise ConfigError("a prompt file goes with the sha256 of its content")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -195,6 +219,7 @@ class Planner:
         if self.prompts.style != config.captions:
             raise ConfigError(f"the plan asks for {config.captions!r} captions, the prompt builder writes {self.prompts.style!r} ones")
         self.au_source: AUSource = AU_SOURCES[config.au_source](config)
+        self.coarse_texts = read_prompt_file(config.prompt_file, config.prompt_file_sha256) if config.prompt_file else None
         self.fixed_label = None if config.label is None else parse_expression(config.label)
         self.inferred_label: tuple[Expression, float] | None = None
         if self.fixed_label is None and config.au_source == "fixed":
@@ -242,11 +267,18 @@ class Planner:
     def aus_of(self, index: int, label: Expression) -> AUVector:
         return self.au_source(index, label)
 
+    def coarse_of(self, index: int) -> str | None:
+        """The coarse text of sample ``index``: ``--prompt``, or a line of the prompt file drawn by the sample's seed."""
+        if self.coarse_texts is None:
+            return self.config.prompt
+        rng = np.random.default_rng(derive_seed(self.config.base_seed, index, stream=PROMPT_STREAM))
+        return self.coarse_texts[int(rng.integers(len(self.coarse_texts)))]
+
     def plan(self, index: int) -> SamplePlan:
         if not 0 <= index < self.config.n:
             raise ConfigError(f"sample index {index} is outside 0..{self.config.n - 1}")
         label = self.label_of(index)
         aus = self.aus_of(index, label)
         attributes = SubjectAttributes.draw(self.config.base_seed, index)
-        prompt = self.prompts.build(label, aus, attributes, self.config.prompt)
+        prompt = self.prompts.build(label, aus, attributes, self.coarse_of(index))
         return SamplePlan(index, sample_key(index), label, aus, attributes, derive_seed(self.config.base_seed, index), prompt)

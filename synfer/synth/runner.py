@@ -135,7 +135,7 @@ def build_manifest(planner: Planner, render: RenderConfig, model: dict) -> dict:
 # dataset in place; every other change is refused unless --overwrite.
 DATASET_RULES = ResumeRules(
     compare=("n", "shard_size", "base_seed", "label_set", "image_format", "plan", "render", "model.components.*.sha256"),
-    ignore=frozenset({"plan.au_table"}),
+    ignore=frozenset({"plan.au_table", "plan.prompt_file"}),  # paths: their hashes are compared
     may_grow=frozenset({"n", "plan.n"}),
     # Options added since schema version 1, as datasets made before them were made.
     defaults={
@@ -144,6 +144,8 @@ DATASET_RULES = ResumeRules(
         "render.compile": False,
         "render.channels_last": False,
         "render.vae_dtype": MODEL_VAE_DTYPE,
+        "plan.prompt_file": None,
+        "plan.prompt_file_sha256": None,
     },
 )
 _RESUME_HINT = "use the same options to resume, another --out, or --overwrite to replace it"

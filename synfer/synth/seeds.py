@@ -10,6 +10,7 @@ _SEED_MASK = (1 << 63) - 1
 IMAGE_STREAM = 0  # the diffusion noise of the image
 LABEL_STREAM = 1  # tie-breaks in the order of labels
 AU_STREAM = 2  # AU jitter, or the row drawn from an AU table
+PROMPT_STREAM = 3  # the line drawn from a prompt file
 
 
 def derive_seed(base_seed: int, index: int, stream: int = IMAGE_STREAM) -> int:

@@ -19,8 +19,8 @@ import importlib
 from .config import AdapterConfig, BuildModelConfig, InitModelConfig, LoraConfig, TrainOptions, VaeConfig
 
 _LAZY = {
-    "init_model": ".init_model",
-    "InitResult": ".init_model",
+    "init_model": ".new_base",
+    "InitResult": ".new_base",
     "train_vae": ".vae",
     "VaeResult": ".vae",
     "train_lora": ".lora",
