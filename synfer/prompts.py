@@ -198,8 +198,14 @@ def au_phrases(aus: AUVector) -> list[str]:
     return [by_name[name].phrase + _intensity_word(aus[name]) for name in order]
 
 
+# Photographic captions go with a negative prompt that steers away from drawings and artefacts.
+PHOTO_NEGATIVE_PROMPT = "cartoon, drawing, painting, illustration, 3d render, blurry, deformed face, extra limbs, text, watermark"
+
+
 class TemplateEnricher:
     """The default enricher: a fixed template filled from the request, fitted to the token budget."""
+
+    negative_prompt = PHOTO_NEGATIVE_PROMPT
 
     def __init__(self, tokenizer=None, max_tokens: int | None = None):
         self.tokenizer = tokenizer
@@ -334,7 +340,12 @@ class PlainEnricher:
 
     For models trained on captions of their own kind (the procedural world's), where the template's
     photographic vocabulary (age, ethnicity, lighting, camera) describes nothing the model has seen.
+    Its negative prompt is empty: the contrast of classifier-free guidance is then the unconditional
+    the model was trained with (an SD-style negative prompt would steer such a model at random, or
+    away from what it draws: the world's captions say "cartoon").
     """
+
+    negative_prompt = ""
 
     def __init__(self, tokenizer=None, max_tokens: int | None = None):
         self.template = TemplateEnricher(tokenizer, max_tokens)
@@ -351,6 +362,11 @@ CAPTION_STYLES: Registry[Callable[..., PromptEnricher]] = Registry("caption styl
 CAPTION_STYLES.register("template", TemplateEnricher)
 CAPTION_STYLES.register("plain", PlainEnricher)
 DEFAULT_CAPTION_STYLE = "template"
+
+
+def default_negative_prompt(style: str) -> str:
+    """The negative prompt that goes with a caption style (``--negative-prompt`` replaces it)."""
+    return CAPTION_STYLES[style].negative_prompt
 
 
 class PromptBuilder:

@@ -178,3 +178,14 @@ def test_prompt_file_lines_are_drawn_per_sample_prefix_stably_and_checked_by_con
     empty.write_text("\n \n")
     refused = generate("--n", "2", "--prompt-file", str(empty), "--out", str(tmp_path / "e"))
     assert refused.exit_code == 2 and "has no non-empty lines" in refused.stderr
+
+
+def test_plain_captions_default_to_an_empty_negative_prompt_and_template_ones_to_the_photo_one(tmp_path):
+    from synfer.prompts import PHOTO_NEGATIVE_PROMPT
+
+    assert generate("--n", "2", "--captions", "plain", "--prompt", "a face", "--out", str(tmp_path / "p")).exit_code == 0
+    assert read_manifest(tmp_path / "p")["render"]["negative_prompt"] == ""
+    assert generate("--n", "2", "--out", str(tmp_path / "t")).exit_code == 0
+    assert read_manifest(tmp_path / "t")["render"]["negative_prompt"] == PHOTO_NEGATIVE_PROMPT
+    given = generate("--n", "2", "--captions", "plain", "--negative-prompt", "blurry", "--out", str(tmp_path / "g"))
+    assert given.exit_code == 0 and read_manifest(tmp_path / "g")["render"]["negative_prompt"] == "blurry"

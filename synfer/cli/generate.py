@@ -18,7 +18,7 @@ from ..synth.plan import LABEL_DISTRIBUTIONS
 from . import app
 from ._common import RichReporter, console, quiet_libraries
 
-_MODEL_HELP = "Model: a synfer folder, a Stable Diffusion 1.5 folder (with --adapter), a hub id, or 'tiny'."
+_MODEL_HELP = "Model: a synfer folder, a Stable Diffusion 1.5 folder (with --adapter), a hub id, 'world' (trained, shipped) or 'tiny'."
 _DISTRIBUTIONS = ", ".join(name for name in LABEL_DISTRIBUTIONS if name != "custom")
 
 
@@ -59,7 +59,9 @@ def generate(
     dtype: str = typer.Option(C.dtype, "--dtype", help="auto (float16 on CUDA), float32, float16 or bfloat16."),
     image_format: str = typer.Option(C.image_format, "--format", help=", ".join(IMAGE_FORMATS) + "."),
     shard_size: int = typer.Option(C.shard_size, "--shard-size", help="Samples per shard."),
-    negative_prompt: str = typer.Option(C.negative_prompt, "--negative-prompt", help="Replaces the default negative prompt."),
+    negative_prompt: str = typer.Option(
+        C.negative_prompt, "--negative-prompt", help="Replaces the caption style's negative prompt (plain: none)."
+    ),
     overwrite: bool = typer.Option(C.overwrite, "--overwrite", help="Replace a dataset made with another config."),
     wait_timeout: float = typer.Option(
         C.wait_timeout, "--wait-timeout", help="Seconds ranks > 0 wait for rank 0's manifest (multi-process runs)."

@@ -26,10 +26,10 @@ from ..pipelines.schedulers import MODEL_SCHEDULER, SCHEDULERS
 from ..pipelines.speed import MODEL_VAE_DTYPE, check_vae_dtype
 from ..pipelines.steering import VAE_DECODER, check_guidance, check_layout, inverted_steps, parse_window
 from ..progress import Reporter, SilentReporter
-from ..prompts import DEFAULT_CAPTION_STYLE
+from ..prompts import DEFAULT_CAPTION_STYLE, default_negative_prompt
 from .batching import parse_batch_size
 from .plan import LABEL_DISTRIBUTIONS, PlanConfig, read_label_weights, read_prompt_file, scaled_size
-from .runner import DEFAULT_NEGATIVE_PROMPT, DEFAULT_WAIT_TIMEOUT, DEFAULT_WRITER_THREADS
+from .runner import DEFAULT_WAIT_TIMEOUT, DEFAULT_WRITER_THREADS
 
 MODEL_ENV = "SYNFER_MODEL"
 
@@ -329,7 +329,7 @@ def generate(config: GenerateConfig, reporter: Reporter | None = None) -> Genera
         au_scale=config.au_scale,
         height=height,
         width=width,
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt,
+        negative_prompt=default_negative_prompt(config.captions) if config.negative_prompt is None else config.negative_prompt,
         image_format=config.image_format,
         shard_size=config.shard_size,
         scheduler=config.scheduler,

@@ -41,7 +41,7 @@ from ..data.run_folder import ResumeRules, RunFolder
 from ..errors import ConfigError, DatasetError
 from ..pipelines.schedulers import MODEL_SCHEDULER
 from ..pipelines.speed import MODEL_VAE_DTYPE, check_vae_dtype
-from ..prompts import DEFAULT_CAPTION_STYLE
+from ..prompts import DEFAULT_CAPTION_STYLE, PHOTO_NEGATIVE_PROMPT
 from .batching import BatchSizer, free_device_memory, is_out_of_memory
 from .plan import PlanConfig, Planner, SamplePlan
 
@@ -54,9 +54,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_WAIT_TIMEOUT = 900.0  # seconds a rank > 0 waits for rank 0's manifest (model loading included)
 DEFAULT_WRITER_THREADS = 2  # image-encoding threads beside the sampling loop (0: encode inline)
 
-DEFAULT_NEGATIVE_PROMPT = (
-    "cartoon, drawing, painting, illustration, 3d render, blurry, deformed face, extra limbs, text, watermark"
-)
+DEFAULT_NEGATIVE_PROMPT = PHOTO_NEGATIVE_PROMPT
 
 
 @dataclass(frozen=True)
