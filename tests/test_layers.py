@@ -10,7 +10,7 @@ TESTS = Path(__file__).parent
 
 # Lower layers first. A module may import from its own layer or any layer below, never above.
 LAYERS = [
-    {"errors", "expressions", "aus", "registry", "prompts", "devices", "progress", "plots"},
+    {"errors", "expressions", "aus", "registry", "prompts", "devices", "progress", "plots", "assets"},
     {"models"},
     {"pipelines"},
     {"data"},

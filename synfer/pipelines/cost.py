@@ -244,9 +244,10 @@ def model_architecture(model: str, adapter: str | os.PathLike | None = None):
         pipe = SynFERPipeline(**tiny_components(0))
         pipe.set_progress_bar_config(disable=True)
     else:
+        from ..assets import resolve_model
         from .loading import is_hub_id
 
-        local = Path(model).expanduser()
+        local = Path(resolve_model(model)).expanduser()
         if local.exists():
             if not (local / "model_index.json").is_file():
                 raise ModelLoadError(f"{model!r} is not a diffusers pipeline folder (no model_index.json)")

@@ -1,7 +1,8 @@
 """Resolve ``--model`` / ``--adapter`` into a ready :class:`SynFERPipeline`.
 
-A model is ``tiny`` (the random-weight smoke-test preset), a local diffusers folder (a full synfer
-model, or a Stable Diffusion 1.5 folder used with a separate adapter folder), or a hub id. Weights are
+A model is ``tiny`` (the random-weight smoke-test preset), ``world`` (the trained procedural-world model
+that ships with synfer, :mod:`synfer.assets`), a local diffusers folder (a full synfer model, or a
+Stable Diffusion 1.5 folder used with a separate adapter folder), or a hub id. Weights are
 read as safetensors only, and no remote code runs.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..assets import resolve_model
 from ..devices import resolve_device, resolve_dtype
 from ..errors import ModelLoadError, first_line
 from ..models.tiny import TINY_NAME, tiny_components
@@ -26,7 +28,8 @@ _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 NO_MODEL_MESSAGE = (
     "no model given: pass --model PATH (a synfer model folder, or a Stable Diffusion 1.5 folder with "
-    f"--adapter DIR, or a hub id) or set {MODEL_ENV}; --model tiny runs a random-weight smoke test"
+    f"--adapter DIR, or a hub id) or set {MODEL_ENV}; --model world is the trained procedural-world model, "
+    "--model tiny a random-weight smoke test"
 )
 
 
@@ -94,7 +97,7 @@ def load_pipeline(
         if torch_dtype != torch.float32:
             pipe.to(dtype=torch_dtype)
     else:
-        local = Path(name).expanduser()
+        local = Path(resolve_model(name)).expanduser()
         if local.exists():
             if not (local / "model_index.json").is_file():
                 raise ModelLoadError(
