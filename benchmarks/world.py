@@ -33,6 +33,13 @@ rerun resumes. ``--fast`` is the same chain at toy sizes (a few minutes; its fig
 
 Targets (issue text): judge accuracy with the adapter >= 0.60 (text only <= 0.25), guidance +5 points,
 AU F1 >= 0.6, synthetic-only >= 75% of real-only at the same n, real-scarce + synthetic > real-scarce.
+
+Measured (one run, 2-core x86 CPU, 2 threads, seeds as below; docs/world.md has the whole table):
+58.8 minutes; judge accuracy text only 0.165, + adapter 0.248, + guidance 0.280, + layout 0.270
+(chance 0.125, the judge on real faces 0.918); AU F1 0.16 -> 0.25; FD 14.5 -> 7.7 with layout
+initialisation; synthetic-only 0.245 against real-only 0.538 at n=400, 0.442 after relabelling a
+30%-label-noise dataset (0.200 before); real-scarce 0.160, + synthetic 0.208; DPM-Solver++ at 10 steps
+matches DDIM 50 (FD 14.31 in 12.01-16.88) at 4.5x the images per second.
 """
 
 from __future__ import annotations
