@@ -9,7 +9,11 @@ safetensors and the trainer's own state as JSON. Only folders with their final n
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+from ..data.format import write_json
+from ..data.run_folder import replace_dir
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_NAME = "trainer_state.json"
@@ -19,6 +23,25 @@ def latest_checkpoint(run: Path) -> Path | None:
     folder = Path(run) / CHECKPOINTS_DIR
     done = [p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_NAME).is_file()]
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def write_checkpoint(accelerator, final: Path, state: dict, ema=None, *, main: bool) -> None:
+    """Every process's part of checkpoint ``final``, written aside and renamed into place by the main one.
+
+    accelerate's state (all processes), then on ``main`` the EMA weights and the trainer's ``state`` as
+    JSON; ``final`` appears only complete. Pruning old checkpoints is the caller's (names differ by loop).
+    """
+    tmp = final.with_name(final.name + ".tmp")
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if main:
+        if ema is not None:
+            save_ema(ema, tmp)
+        write_json(tmp / STATE_NAME, state)
+        replace_dir(tmp, final)
 
 
 def save_ema(ema, folder: Path) -> None:

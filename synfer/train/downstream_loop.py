@@ -29,7 +29,7 @@ from .checkpoints import (
     STATE_NAME,
     latest_checkpoint,
     load_ema,
-    save_ema,
+    write_checkpoint,
 )
 from .data import (
     Source,
@@ -212,22 +212,13 @@ class DownstreamTrainer:
             self.hooks.log(f"resumed from {checkpoint} (step {self.state.step} of {self.total_steps})")
 
     def save_checkpoint(self) -> None:
-        accelerator, folder = self.accelerator, self.run / CHECKPOINTS_DIR
-        final = folder / f"step-{self.state.step:08d}"
-        tmp = final.with_name(final.name + ".tmp")
+        folder = self.run / CHECKPOINTS_DIR
+        write_checkpoint(self.accelerator, folder / f"step-{self.state.step:08d}", self.state.to_dict(), self.ema, main=self.main)
         if self.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if self.main:
-            if self.ema is not None:
-                save_ema(self.ema, tmp)
-            write_json(tmp / STATE_NAME, self.state.to_dict())
-            replace_dir(tmp, final)
             done = sorted((p for p in folder.glob("step-*") if not p.name.endswith(".tmp")), key=lambda p: int(p.name.split("-")[1]))
             for old in done[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()
 
     def _with_eval_weights(self, action):
         """Run ``action`` with the weights that are evaluated and saved: the EMA ones when kept."""

@@ -34,18 +34,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...data.format import write_json
-from ...data.run_folder import replace_dir, restore_swapped
+from ...data.run_folder import restore_swapped
 from ...errors import DatasetError
 from ...progress import Reporter, SilentReporter
 from .. import make_accelerator
-from ..checkpoints import load_ema, save_ema
+from ..checkpoints import CHECKPOINTS_DIR, STATE_NAME, load_ema, write_checkpoint
 from .config import TrainOptions
 from .data import BatchPlan, Collate, TrainingExamples, batch_loader
 
-CHECKPOINTS = "checkpoints"
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_NAME = "trainer_state.json"
+CHECKPOINTS = CHECKPOINTS_DIR
+CHECKPOINT_PREFIX = "checkpoint-"  # diffusers' training scripts' names, unlike the downstream trainer's step-N
 TRAINABLE_NAME = "trainable.safetensors"
 METRICS_NAME = "metrics.jsonl"
 VALIDATION_DIR = "validation"
@@ -266,23 +264,12 @@ class DiffusionTrainer:
         models.clear()
 
     def save_checkpoint(self) -> Path:
-        accelerator = self.accelerator
-        folder = self.run_dir / CHECKPOINTS
-        final = folder / f"{CHECKPOINT_PREFIX}{self.state.step}"
-        tmp = final.with_name(final.name + ".tmp")
+        final = self.run_dir / CHECKPOINTS / f"{CHECKPOINT_PREFIX}{self.state.step}"
+        write_checkpoint(self.accelerator, final, self.state.to_dict(), self.ema, main=self.main)
         if self.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            folder.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if self.main:
-            if self.ema is not None:
-                save_ema(self.ema, tmp)
-            write_json(tmp / STATE_NAME, self.state.to_dict())
-            replace_dir(tmp, final)
             for old in checkpoints(self.run_dir)[: -self.options.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()
         return final
 
     def resume(self) -> bool:
