@@ -1,6 +1,24 @@
 """Helpers shared by the tests (imported as ``from helpers import ...``; pytest puts tests/ on the path)."""
 
+import pytest
 import torch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Autouse in every test module that imports it: one intra-op thread for the module's tests.
+
+    Tiny models run thousands of small kernels; with two threads on a busy machine they wait on each
+    other far longer than they compute.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Training options that keep a tiny diffusion training run to seconds: small batches, no validation grids.
+FAST_TRAINING = dict(batch_size=4, validation_every=0, validation_inference_steps=2, validation_seeds=(0,), log_every=1)
 
 
 def generators(*seeds):

@@ -26,16 +26,9 @@ from synfer.pipelines.cost import (
 from synfer.pipelines.inversion import LayoutInit
 from synfer.pipelines.pipeline_synfer import SynFERPipeline
 
+from helpers import one_thread  # noqa: F401 (autouse: one intra-op thread for this module)
+
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Thousands of tiny kernels: with two threads on a busy machine they wait on each other far longer than they run.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

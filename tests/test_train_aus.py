@@ -17,18 +17,12 @@ from synfer.labelers.au_detectors import load_au_detector
 from synfer.train.au_metrics import AUMetrics, au_statistics
 from synfer.train.downstream import DownstreamConfig, TrainHooks, train_downstream
 
+from helpers import one_thread  # noqa: F401 (autouse: one intra-op thread for this module)
+
 runner = CliRunner()
 # Each AU lights one quadrant of the face: the subject's left brow and mouth corner are on the image's right.
 PATCHES = {"AU1": (0, 0), "AU4": (0, 1), "R12": (1, 0), "L12": (1, 1)}
 TINY = dict(backbone="tiny-resnet", cpu=True, workers=0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def patch_face(intensities: dict, seed: int, size: int = 24) -> Image.Image:

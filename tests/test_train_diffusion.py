@@ -12,18 +12,12 @@ from synfer.train.diffusion.data import BatchPlan, Collate, TrainingExamples, ep
 from synfer.train.diffusion.loop import DiffusionTrainer, StageParts, make_training_accelerator
 from synfer.train.diffusion.objectives import UNetTask
 
-from helpers import captioned_folder, tiny_base_folder
-
-FAST = dict(batch_size=4, validation_every=0, validation_inference_steps=2, validation_seeds=(0,), log_every=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny UNet runs faster on one thread than on two busy ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from helpers import (
+    FAST_TRAINING,
+    captioned_folder,
+    one_thread,  # noqa: F401 (autouse: one intra-op thread for this module)
+    tiny_base_folder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def data(tmp_path_factory):
 
 
 def lora(base, data, out, **options):
-    return LoraConfig(base=str(base), data=str(data), out=str(out), **{**FAST, **options})
+    return LoraConfig(base=str(base), data=str(data), out=str(out), **{**FAST_TRAINING, **options})
 
 
 def lora_state(path):
@@ -53,7 +47,7 @@ def unet_trainer(base, data, **options):
     from synfer.train.diffusion.common import empty_text
     from synfer.train.diffusion.components import load_component, noise_scheduler
 
-    config = TrainOptions(out="unused", **{**FAST, **options})
+    config = TrainOptions(out="unused", **{**FAST_TRAINING, **options})
     accelerator = make_training_accelerator(config, None, "no")
     unet, vae = load_component(base, "unet"), load_component(base, "vae").requires_grad_(False)
     text_encoder, tokenizer = load_component(base, "text_encoder").requires_grad_(False), load_component(base, "tokenizer")

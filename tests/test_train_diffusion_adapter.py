@@ -12,17 +12,12 @@ from synfer.train.diffusion.adapter import au_intensities
 from synfer.train.diffusion.data import TrainingExamples
 from synfer.train.diffusion.objectives import dropout_masks, noisy_intensities
 
-from helpers import captioned_folder, tiny_base_folder
-
-FAST = dict(batch_size=4, validation_every=0, validation_inference_steps=2, validation_seeds=(0,), log_every=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from helpers import (
+    FAST_TRAINING,
+    captioned_folder,
+    one_thread,  # noqa: F401 (autouse: one intra-op thread for this module)
+    tiny_base_folder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +41,11 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora_run(base, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora") / "run"
-    return train_lora(LoraConfig(base=str(base), data=str(data), out=str(out), max_train_steps=2, learning_rate=1e-3, **FAST)).out
+    return train_lora(LoraConfig(base=str(base), data=str(data), out=str(out), max_train_steps=2, learning_rate=1e-3, **FAST_TRAINING)).out
 
 
 def adapter(base, data, out, **options):
-    defaults = dict(hidden_dim=32, validation_aus=("6,12",), **FAST)
+    defaults = dict(hidden_dim=32, validation_aus=("6,12",), **FAST_TRAINING)
     return AdapterConfig(base=str(base), data=str(data), out=str(out), **{**defaults, **options})
 
 
@@ -123,7 +118,7 @@ def test_the_frozen_unet_gets_no_gradient_and_stays_byte_identical(base, data):
     from synfer.train.diffusion.loop import DiffusionTrainer, StageParts, make_training_accelerator
     from synfer.train.diffusion.objectives import AdapterTask
 
-    config = TrainOptions(out="unused", learning_rate=1e-2, adam_weight_decay=0.0, **FAST)
+    config = TrainOptions(out="unused", learning_rate=1e-2, adam_weight_decay=0.0, **FAST_TRAINING)
     unet = load_component(base, "unet").requires_grad_(False)
     vae = load_component(base, "vae").requires_grad_(False)
     text_encoder, tokenizer = load_component(base, "text_encoder").requires_grad_(False), load_component(base, "tokenizer")

@@ -4,25 +4,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from synfer.aus import AU_INDEX, NUM_AUS
 from synfer.cli import app
 from synfer.data.au_table import AUScores, write_au_table
 
-from helpers import captioned_folder
+from helpers import (
+    captioned_folder,
+    one_thread,  # noqa: F401 (autouse: one intra-op thread for this module)
+)
 
 runner = CliRunner()
 FAST = ["--batch-size", "4", "--validation-every", "0", "--validation-inference-steps", "2", "--validation-seeds", "0", "--log-every", "1"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def invoke(*args):

@@ -13,19 +13,10 @@ from synfer.models.classifier import load_classifier
 from synfer.train.downstream import DownstreamConfig, TrainHooks, train_downstream
 
 from fer_layouts import write_affectnet_csv, write_folder, write_synfer
+from helpers import one_thread  # noqa: F401 (autouse: one intra-op thread for this module)
 
 runner = CliRunner()
 TINY = dict(backbone="tiny-resnet", batch_size=8, cpu=True)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy machine two threads that wait
-    # for each other make every small op slow.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
