@@ -125,15 +125,6 @@ class GenerateConfig:
             raise ModelLoadError(NO_MODEL_MESSAGE)
         return name
 
-    def _prompt_file_sha256(self) -> str | None:
-        """The prompt file's hash, after reading it once: an empty or missing file fails here, before any model loads."""
-        from .au_sources import file_sha256
-
-        if self.prompt_file is None:
-            return None
-        read_prompt_file(self.prompt_file)
-        return file_sha256(self.prompt_file)
-
     def _plan_config(self) -> PlanConfig:
         """The plan from the options, checked before anything slow happens."""
         from ..aus import AUVector
@@ -172,7 +163,8 @@ class GenerateConfig:
             aus=AUVector.parse(self.aus).format() if self.aus is not None else None,
             prompt=self.prompt,
             prompt_file=str(Path(self.prompt_file).resolve()) if self.prompt_file is not None else None,
-            prompt_file_sha256=self._prompt_file_sha256(),
+            # Read here, so that a missing or empty file fails before any model loads.
+            prompt_file_sha256=read_prompt_file(self.prompt_file)[1] if self.prompt_file is not None else None,
             distribution=distribution or "balanced",
             weights=weights,
             au_source="empirical" if au_table is not None else au_source,

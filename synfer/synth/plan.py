@@ -18,6 +18,7 @@ ignore ``n`` cannot both hold (see :mod:`synfer.synth.apportion`), so the guaran
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from ..expressions import (
 from ..prompts import CAPTION_STYLES, DEFAULT_CAPTION_STYLE, PromptBuilder, SubjectAttributes
 from ..registry import Registry
 from .apportion import Apportionment, apportion, integer_weights
-from .au_sources import AU_SOURCES, AUSource, file_sha256
+from .au_sources import AU_SOURCES, AUSource
 from .seeds import LABEL_STREAM, PROMPT_STREAM, derive_seed
 
 __all__ = ["PlanConfig", "Planner", "SamplePlan", "derive_seed", "normalize_label_weights", "read_label_weights", "scaled_size"]
@@ -110,20 +111,19 @@ def read_label_weights(path: str | Path) -> tuple[tuple[str, float], ...]:
     return normalize_label_weights(data.items())
 
 
-def read_prompt_file(path: str | Path, sha256: str | None = None) -> tuple[str, ...]:
-    """The non-empty lines of a prompt file (UTF-8 text, one coarse text a line), checked against ``sha256``."""
+def read_prompt_file(path: str | Path) -> tuple[tuple[str, ...], str]:
+    """The non-empty lines of a prompt file (UTF-8 text, one coarse text a line) and the SHA-256 of its bytes."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompt file {str(path)!r} does not exist")
-    if sha256 is not None and file_sha256(path) != sha256:
-        raise ConfigError(f"prompt file {path} has changed since this plan was made (its sha256 differs from the manifest's)")
     try:
-        lines = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        data = path.read_bytes()
+        lines = tuple(line.strip() for line in data.decode("utf-8").splitlines() if line.strip())
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read prompt file {path}: {error}") from None
     if not lines:
         raise ConfigError(f"prompt file {path} has no non-empty lines")
-    return lines
+    return lines, hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,11 @@ class Planner:
         if self.prompts.style != config.captions:
             raise ConfigError(f"the plan asks for {config.captions!r} captions, the prompt builder writes {self.prompts.style!r} ones")
         self.au_source: AUSource = AU_SOURCES[config.au_source](config)
-        self.coarse_texts = read_prompt_file(config.prompt_file, config.prompt_file_sha256) if config.prompt_file else None
+        self.coarse_texts = None
+        if config.prompt_file is not None:
+            self.coarse_texts, sha256 = read_prompt_file(config.prompt_file)
+            if sha256 != config.prompt_file_sha256:
+                raise ConfigError(f"prompt file {config.prompt_file} has changed since this plan was made (its sha256 differs)")
         self.fixed_label = None if config.label is None else parse_expression(config.label)
         self.inferred_label: tuple[Expression, float] | None = None
         if self.fixed_label is None and config.au_source == "fixed":

@@ -54,8 +54,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_WAIT_TIMEOUT = 900.0  # seconds a rank > 0 waits for rank 0's manifest (model loading included)
 DEFAULT_WRITER_THREADS = 2  # image-encoding threads beside the sampling loop (0: encode inline)
 
-DEFAULT_NEGATIVE_PROMPT = PHOTO_NEGATIVE_PROMPT
-
 
 @dataclass(frozen=True)
 class RenderConfig:
@@ -66,7 +64,7 @@ class RenderConfig:
     au_scale: float = 1.0
     height: int = 512
     width: int = 512
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    negative_prompt: str = PHOTO_NEGATIVE_PROMPT  # the template captions' (generate passes the style's own)
     image_format: str = "png"
     shard_size: int = 1000
     scheduler: str = MODEL_SCHEDULER  # a name in synfer.pipelines.schedulers.SCHEDULERS
