@@ -373,7 +373,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fast", action="store_true", help="toy sizes: checks the chain in minutes; the figures mean nothing")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--export-model", default=None, help="also write the trained model here in float16 (what synfer ships as 'world')")
-    parser.add_argument("--export-judge", default=None, help="also copy the judge here")
+    parser.add_argument("--export-judge", default=None, help="also write the judge here in float16 (synfer's 'world-judge')")
+    parser.add_argument("--export-au-detector", default=None,
+                        help="also write the evaluating AU detector here in float16 (synfer's 'world-au-detector')")
     args = parser.parse_args(argv)
 
     import torch
@@ -469,17 +471,19 @@ def main(argv=None) -> int:
     if args.export_model:
         export_model(model, Path(args.export_model))
     if args.export_judge:
-        export_judge(judge, Path(args.export_judge))
+        export_half(judge, Path(args.export_judge))
+    if args.export_au_detector:
+        export_half(evaluator, Path(args.export_au_detector))
     return 0
 
 
-def export_judge(judge: Path, out: Path) -> None:
-    """The judge's folder with its weights in float16 (load_classifier casts them back)."""
+def export_half(folder: Path, out: Path) -> None:
+    """A classifier or AU detector folder with its weights in float16 (their loaders cast them back)."""
     from safetensors.torch import load_file, save_file
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(judge, tmp)
+    shutil.copytree(folder, tmp)
     for path in tmp.glob("*.safetensors"):
         save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(path).items()}, path)
     shutil.rmtree(out, ignore_errors=True)

@@ -1,6 +1,6 @@
-"""Trained models that ship with synfer, by name: ``--model world`` and the world's judge.
+"""Trained models that ship with synfer, by name: ``--model world``, the world's judge and AU detector.
 
-Both were made by ``make world`` (benchmarks/world.py) with synfer's own commands on the procedural
+All three were made by ``make world`` (benchmarks/world.py) with synfer's own commands on the procedural
 world, and are small enough to keep in the repository; ``world/MODEL_CARD.md`` records the commands
 and the hashes. They draw cartoon faces of that world, not photographs: an instrument for checking
 the method (docs/world.md), and the model ``make demo`` uses.
@@ -18,6 +18,7 @@ ASSETS = Path(__file__).resolve().parent
 SHIPPED = {
     "world": "world/model",  # a synfer model folder (SynFERPipeline)
     "world-judge": "world/judge",  # a FER classifier folder (load_classifier)
+    "world-au-detector": "world/au_detector",  # an AU detector folder (load_au_detector "detector:")
 }
 
 
