@@ -34,13 +34,16 @@ rerun resumes. ``--fast`` is the same chain at toy sizes (a few minutes; its fig
 Targets (issue text): judge accuracy with the adapter >= 0.60 (text only <= 0.25), guidance +5 points,
 AU F1 >= 0.6, synthetic-only >= 75% of real-only at the same n, real-scarce + synthetic > real-scarce.
 
-Measured (one run, 2-core x86 CPU, 2 threads, seeds as below; docs/world.md has the whole table):
-84 minutes of summed step time on a day the machine ran 1.45x slower than the 2,000-step run before (58.8
-minutes); judge accuracy text only 0.205, + adapter 0.347, + guidance 0.380, + layout 0.378 (chance
-0.125, the judge on real faces 0.918); AU F1 0.18 -> 0.29; FD 13.5 -> 11.3 with layout initialisation;
-synthetic-only 0.277 against real-only 0.538 at n=400, 0.415 after relabelling a 30%-label-noise
-dataset (0.252 before); real-scarce 0.160, + synthetic 0.238; DPM-Solver++ at 10 steps matches DDIM 50
-(FD 14.50 in 10.21-16.57) at 4.3x the images per second.
+Measured (2-core x86 CPU, 2 threads, seeds as below; docs/world.md has the tables). With the
+2,000-step adapter (the shipped model): judge accuracy text only 0.203, + adapter 0.518, + guidance
+0.548, + layout 0.588 (chance 0.125, the judge on real faces 0.870); AU F1 0.17 -> 0.40 -> 0.42; FD
+12.2 -> 8.9; synthetic-only 0.415 (adapter) to 0.455 (full method) against real-only 0.538 at n=400.
+DPM-Solver++ at 10 steps matches DDIM 50 (FD 9.12 in 8.20-12.12) at 5.3x the images per second. The
+stages up to the built model took 80 minutes on a slow day (UNet 0.82 s per step). With the
+1,000-step adapter before it (84 minutes in all): adapter 0.347,
+guidance 0.380, layout 0.378; FD 13.5 -> 11.3 with layout initialisation; 0.415 after relabelling a
+30%-label-noise dataset (0.252 before); real-scarce 0.160, + synthetic 0.238; DPM-Solver++ 10 matched
+DDIM 50 there too (4.3x).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ class Sizes:
     scarce_n: int = 80         # world 4
     vae_steps: int = 600
     unet_steps: int = 3000
-    adapter_steps: int = 1000
+    adapter_steps: int = 2000
     classifier_epochs: int = 8
     guide_steps: int = 300
     detector_epochs: int = 8
@@ -400,7 +403,13 @@ def main(argv=None) -> int:
     judge = classifier(bench, "judge", worlds["judge"], backbone="resnet-small", seed=1)
     member = classifier(bench, "member", gen, backbone="resnet-small", seed=2)
     model = train_generator(bench, worlds, annotator)
-    feranno = train_feranno(bench, model, gen)
+    # The exports need only the trained models, so they are written before the figures are measured.
+    if args.export_model:
+        export_model(model, Path(args.export_model))
+    if args.export_judge:
+        export_half(judge, Path(args.export_judge))
+    if args.export_au_detector:
+        export_half(evaluator, Path(args.export_au_detector))
     write_prompts(bench, worlds["gen-identity"])
 
     plain = {}
@@ -423,6 +432,23 @@ def main(argv=None) -> int:
         emit({"row": title, "judge_accuracy": row["figures"].get("judge/accuracy"), "au_f1": row["figures"].get("au/macro_f1"),
               "fd": row["figures"].get("fd/classifier"), "kid": row["figures"].get("kid/classifier"), "downstream": row["downstream"]})
 
+    sweep = []
+    for scheduler, steps in sizes.sweep:
+        name = "adapter" if (scheduler, steps) == ROW_SAMPLER else f"{scheduler}-{steps}"
+        dataset = generate_row(bench, name, model, scheduler=scheduler, steps=steps)
+        found = evaluate_row(bench, name, dataset, gen, judge, evaluator)
+        figures = found["figures"]
+        sweep.append({"scheduler": scheduler, "steps": steps, "judge": figures.get("judge/accuracy"), "fd": figures.get("fd/classifier"),
+                      "fd_interval": found["intervals"].get("fd/classifier"), "kid": figures.get("kid/classifier"),
+                      "images_per_second": bench.figures.get("images_per_second", {}).get(name)})
+        emit({"sampler": scheduler, **sweep[-1]})
+    reference = sweep[0]
+    low, high = reference["fd_interval"] or (None, None)
+    matching = [row for row in sweep[1:] if low is not None and low <= row["fd"] <= high]
+    recommended = min((row["steps"] for row in matching), default=None)
+
+    # FERAnno is needed only by the relabel row: the ablation rows and the sampler sweep come first.
+    feranno = train_feranno(bench, model, gen)
     noisy_table = worlds["noisy"] / "train" / "aus.parquet"
     noisy = generate_row(bench, "noisy", model, au_source="empirical", au_table=str(noisy_table), **layout)
     before = evaluate_row(bench, "noisy", noisy, gen, judge, evaluator, layout_dir=gen / "val")
@@ -448,21 +474,6 @@ def main(argv=None) -> int:
     }
     emit({"claims": claims})
 
-    sweep = []
-    for scheduler, steps in sizes.sweep:
-        name = "adapter" if (scheduler, steps) == ROW_SAMPLER else f"{scheduler}-{steps}"
-        dataset = generate_row(bench, name, model, scheduler=scheduler, steps=steps)
-        found = evaluate_row(bench, name, dataset, gen, judge, evaluator)
-        figures = found["figures"]
-        sweep.append({"scheduler": scheduler, "steps": steps, "judge": figures.get("judge/accuracy"), "fd": figures.get("fd/classifier"),
-                      "fd_interval": found["intervals"].get("fd/classifier"), "kid": figures.get("kid/classifier"),
-                      "images_per_second": bench.figures.get("images_per_second", {}).get(name)})
-        emit({"sampler": scheduler, **sweep[-1]})
-    reference = sweep[0]
-    low, high = reference["fd_interval"] or (None, None)
-    matching = [row for row in sweep[1:] if low is not None and low <= row["fd"] <= high]
-    recommended = min((row["steps"] for row in matching), default=None)
-
     judge_real = rows["adapter"]["figures"].get("judge/real_accuracy")
     bench.figures.update(rows=rows, claims=claims, sweep=sweep, judge_on_real=judge_real, recommended_dpm_steps=recommended,
                          sizes=sizes.__dict__ | {"sweep": [list(s) for s in sizes.sweep]},
@@ -473,12 +484,6 @@ def main(argv=None) -> int:
     emit({"recommended_dpm_solver_steps": recommended, "total_seconds": bench.figures["total_seconds"],
           "table": str(bench.work / "world.md")})
 
-    if args.export_model:
-        export_model(model, Path(args.export_model))
-    if args.export_judge:
-        export_half(judge, Path(args.export_judge))
-    if args.export_au_detector:
-        export_half(evaluator, Path(args.export_au_detector))
     return 0
 
 
