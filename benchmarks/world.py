@@ -25,6 +25,8 @@ Every step is one of synfer's stage functions (what the commands run) pointed at
    grows the 1x one in place), real-scarce (world 4) alone and with the synthetic data;
 6. sampler sweep: DDIM 50 against DPM-Solver++ at 10, 15, 20, 25 steps on the adapter row's settings.
 
+They run in this order: 1-3 (with ``--export-*`` right after the generator), the first four rows of 4,
+6, then FERAnno, the relabel rows and 5, so that an interrupted run has measured the ablation first.
 Prints one JSON line per step (with its seconds) and writes ``WORK/world.md`` (the table) and
 ``WORK/world.json`` (every figure). Each stage skips what an earlier, interrupted run finished, so a
 rerun resumes. ``--fast`` is the same chain at toy sizes (a few minutes; its figures mean nothing).
