@@ -385,7 +385,12 @@ def main(argv=None) -> int:
     parser.add_argument("--export-judge", default=None, help="also write the judge here in float16 (synfer's 'world-judge')")
     parser.add_argument("--export-au-detector", default=None,
                         help="also write the evaluating AU detector here in float16 (synfer's 'world-au-detector')")
+    parser.add_argument("--model", default=None,
+                        help="measure this model folder (or shipped name: 'world') instead of training one; the classifiers, "
+                             "the AU detectors and FERAnno are still trained")
     args = parser.parse_args(argv)
+    if args.model and args.export_model:
+        parser.error("--export-model writes the model this run trains; with --model nothing is trained")
 
     import torch
 
@@ -399,12 +404,18 @@ def main(argv=None) -> int:
 
     worlds = make_worlds(bench)
     gen = worlds["gen"]
-    annotator = au_detector(bench, "au-annotator", gen, seed=0)
     evaluator = au_detector(bench, "au-evaluator", worlds["judge"], seed=1)
     guide = classifier(bench, "guide", gen, backbone="resnet18", image_size=64, seed=0, max_steps=sizes.guide_steps, lr=2e-3)
     judge = classifier(bench, "judge", worlds["judge"], backbone="resnet-small", seed=1)
     member = classifier(bench, "member", gen, backbone="resnet-small", seed=2)
-    model = train_generator(bench, worlds, annotator)
+    if args.model:
+        from synfer.assets import resolve_model
+
+        model = Path(resolve_model(args.model))
+        emit({"model": str(model), "trained": False})
+    else:
+        model = train_generator(bench, worlds, au_detector(bench, "au-annotator", gen, seed=0))
+    bench.figures["model"] = {"path": str(model), "trained_here": not args.model}
     # The exports need only the trained models, so they are written before the figures are measured.
     if args.export_model:
         export_model(model, Path(args.export_model))
