@@ -85,13 +85,14 @@ class Sizes:
     annotator_epochs: int = 30
     generated: int = 400       # per row (50 per class)
     downstream_epochs: int = 15
+    downstream_seeds: tuple = (0, 1, 2)  # one training per seed: the tables give the mean and the spread
     batch_size: int = 64       # of the downstream classifiers
     sweep: tuple = SAMPLERS
 
 
 FAST = Sizes(world=600, judge_world=400, noisy_world=160, real_n=48, scarce_n=16, vae_steps=20, unet_steps=30,
              adapter_steps=20, classifier_epochs=1, guide_steps=10, detector_epochs=1, annotator_epochs=2,
-             generated=48, downstream_epochs=1, batch_size=16, sweep=SAMPLERS[:2])
+             generated=48, downstream_epochs=1, downstream_seeds=(0,), batch_size=16, sweep=SAMPLERS[:2])
 
 
 def emit(record: dict) -> None:
@@ -278,19 +279,33 @@ def evaluate_row(bench: Bench, name: str, dataset: Path, reference: Path, judge:
 
 
 def downstream(bench: Bench, name: str, reference: Path, *, synthetic: Path | None = None, labels: str | None = None,
-               real: Path | None = None) -> float:
+               real: Path | None = None) -> dict:
+    """Test accuracy of a resnet-small trained on the given data, once per seed of ``Sizes.downstream_seeds``.
+
+    Trained on a few hundred faces, one classifier's figure moves by a few points with its seed (and with
+    image differences too small to see), so a single run cannot tell such differences from an effect.
+    """
+    import statistics
+
     from synfer import DownstreamConfig, train_downstream
 
     mode = "mixed" if synthetic and real else ("synthetic-only" if synthetic else "real-only")
-    config = DownstreamConfig(out=str(bench.path("downstream", name)), mode=mode, synthetic=str(synthetic) if synthetic else None,
-                              synthetic_labels=labels, real=str(real) if real else None, eval_real=str(reference), eval_split="test",
-                              backbone="resnet-small", epochs=bench.sizes.downstream_epochs, batch_size=bench.sizes.batch_size, lr=3e-3,
-                              seed=0, cpu=True, workers=1, resume=True)
-    out = bench.step(f"downstream/{name}", lambda: train_downstream(config), mode=mode)
-    # The last epoch's figure: choosing the best epoch on the test split would tune on it.
-    accuracy = out.last.accuracy
-    emit({"downstream": name, "mode": mode, "test_accuracy": round(accuracy, 4)})
-    return accuracy
+    seeds = bench.sizes.downstream_seeds
+    accuracies = []
+    for seed in seeds:
+        config = DownstreamConfig(out=str(bench.path("downstream", f"{name}-seed{seed}")), mode=mode,
+                                  synthetic=str(synthetic) if synthetic else None, synthetic_labels=labels,
+                                  real=str(real) if real else None, eval_real=str(reference), eval_split="test",
+                                  backbone="resnet-small", epochs=bench.sizes.downstream_epochs, batch_size=bench.sizes.batch_size,
+                                  lr=3e-3, seed=seed, cpu=True, workers=1, resume=True)
+        out = bench.step(f"downstream/{name}-seed{seed}", lambda c=config: train_downstream(c), mode=mode)
+        # The last epoch's figure: choosing the best epoch on the test split would tune on it.
+        accuracies.append(out.last.accuracy)
+    found = {"accuracy": statistics.fmean(accuracies), "sd": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+             "seeds": list(seeds), "per_seed": accuracies}
+    emit({"downstream": name, "mode": mode, "test_accuracy": round(found["accuracy"], 4),
+          "per_seed": [round(a, 4) for a in accuracies]})
+    return found
 
 
 def relabel_row(bench: Bench, dataset: Path, feranno: Path, member: Path, noisy_table: Path) -> dict:
@@ -339,6 +354,13 @@ def fmt(value, digits=3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def fmt_trained(found: dict | None) -> str:
+    """A downstream figure: the mean over seeds, with the standard deviation when there were several."""
+    if found is None:
+        return "-"
+    return fmt(found["accuracy"]) + (f" ± {fmt(found['sd'])}" if found.get("sd") is not None else "")
+
+
 def table(figures: dict) -> str:
     rows = figures["rows"]
     head = ("| row | judge accuracy of generated faces | AU F1 (detector) | FD, KID vs held-out real | "
@@ -349,21 +371,21 @@ def table(figures: dict) -> str:
         fd = f.get("fd/classifier")
         kid = f.get("kid/classifier")
         lines.append(f"| {row['title']} | {fmt(f.get('judge/accuracy'))} | {fmt(f.get('au/macro_f1'))} | "
-                     f"{fmt(fd, 2)}, {fmt(kid, 4)} | {fmt(row.get('downstream'))} |")
+                     f"{fmt(fd, 2)}, {fmt(kid, 4)} | {fmt_trained(row.get('downstream'))} |")
     claims = figures["claims"]
     lines.append(f"| real only, same n ({claims['real_n']}) | {fmt(figures.get('judge_on_real'))} (the judge on real: the ceiling) | "
-                 f"- | - | {fmt(claims['real_only'])} |")
+                 f"- | - | {fmt_trained(claims['real_only'])} |")
     out = head + "\n".join(lines) + "\n\n"
     truth = rows.get("relabel", {}).get("labels")
     if truth:
         out += (f"Labels of the noisy-AU dataset that match the expression its AUs were drawn for: {fmt(truth['labels_right_before'])} "
                 f"before relabelling, {fmt(truth['labels_right_after'])} after ({truth['matched']} of {truth['n']} samples traced).\n\n")
     out += ("| data claim | test accuracy |\n|---|---|\n"
-            f"| real only, {claims['real_n']} faces | {fmt(claims['real_only'])} |\n"
-            f"| synthetic only, 1x ({claims['real_n']}) | {fmt(claims['synthetic_1x'])} |\n"
-            f"| synthetic only, 2x ({2 * claims['real_n']}) | {fmt(claims['synthetic_2x'])} |\n"
-            f"| real-scarce, {claims['scarce_n']} faces | {fmt(claims['scarce'])} |\n"
-            f"| real-scarce + synthetic 1x | {fmt(claims['scarce_plus_synthetic'])} |\n\n")
+            f"| real only, {claims['real_n']} faces | {fmt_trained(claims['real_only'])} |\n"
+            f"| synthetic only, 1x ({claims['real_n']}) | {fmt_trained(claims['synthetic_1x'])} |\n"
+            f"| synthetic only, 2x ({2 * claims['real_n']}) | {fmt_trained(claims['synthetic_2x'])} |\n"
+            f"| real-scarce, {claims['scarce_n']} faces | {fmt_trained(claims['scarce'])} |\n"
+            f"| real-scarce + synthetic 1x | {fmt_trained(claims['scarce_plus_synthetic'])} |\n\n")
     out += "| sampler | steps | judge accuracy | FD (95% interval) | KID | images/s |\n|---|---|---|---|---|---|\n"
     for row in figures["sweep"]:
         interval = row.get("fd_interval")
@@ -398,6 +420,10 @@ def main(argv=None) -> int:
     sizes = FAST if args.fast else Sizes()
     bench = Bench(Path(args.work), sizes, args.threads)
     bench.work.mkdir(parents=True, exist_ok=True)
+    previous = bench.work / "world.json"
+    if previous.is_file():
+        # A resumed run skips the rows an earlier run finished, so their speed is the one that run measured.
+        bench.figures["images_per_second"] = json.loads(previous.read_text()).get("images_per_second", {})
     emit({"benchmark": "world", "fast": args.fast, "threads": args.threads, "torch": torch.__version__,
           "machine": platform.machine(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()})
     start = time.perf_counter()
