@@ -21,9 +21,9 @@ from synfer.world import Identity, caption
 
 PER_CLASS = 24
 STEPS = 15
-# Measured on the committed model: 0.563 with the adapter and 0.115 without it (these identities); the run
+# Measured on the committed model: 0.849 with the adapter and 0.115 without it (these identities); the run
 # is seeded, so the floor guards against a break, not against sampling noise.
-ADAPTER_FLOOR = 0.45
+ADAPTER_FLOOR = 0.70
 CHANCE = 1 / len(AFFECTNET8.expressions)
 
 
@@ -62,7 +62,7 @@ def test_the_judge_reads_the_requested_expression_well_above_chance(judged):
 
 def test_without_the_adapter_the_expression_falls_to_about_chance(judged):
     assert judged["off"] <= CHANCE + 0.07, judged
-    assert judged["adapter"] - judged["off"] >= 0.08, judged
+    assert judged["adapter"] - judged["off"] >= 0.4, judged
 
 
 def test_the_shipped_model_loads_by_name_and_is_small():
