@@ -49,7 +49,7 @@ def learn_merges(words: Iterable[str]) -> list[tuple[str, str]]:
     merges: list[tuple[str, str]] = []
     while heap:
         negative, left, right = heapq.heappop(heap)
-        if counts.get((left, right), 0) != -negative or negative == 0:
+        if counts.get((left, right), 0) != -negative:
             continue
         merges.append((left, right))
         changed: set[tuple[str, str]] = set()
