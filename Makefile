@@ -10,7 +10,7 @@ STAMP := $(VENV)/.synfer-installed
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint bench world world-fast clean
+.PHONY: install demo test lint bench world world-fast world-guidance clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ world: install
 
 world-fast: install
 	$(PY) benchmarks/world.py --fast --work runs/world-fast
+
+# How world.py's semantic-guidance step size was chosen: the relabel member judges faces of another seed (never the judge).
+world-guidance: install
+	$(PY) benchmarks/world_guidance.py --work runs/world --model world
 
 test: install
 	$(PY) -m pytest -q

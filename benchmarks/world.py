@@ -66,6 +66,9 @@ SAMPLERS = (("ddim", 50), ("dpm-solver++", 10), ("dpm-solver++", 15), ("dpm-solv
 # The rows' sampler: the recommendation of an earlier run's sweep (DPM-Solver++ matched DDIM 50 from 10 steps);
 # what it saves on the guided rows pays for a longer UNet training within the hour. The sweep checks it again.
 ROW_SAMPLER = ("dpm-solver++", 20)
+# Semantic guidance's step size, chosen by benchmarks/world_guidance.py on the shipped model: the highest accuracy of the
+# relabel member (never the judge) on faces of another seed whose FD stayed inside the unguided faces' interval.
+GUIDANCE_STEP_SIZE = 2.0
 
 
 @dataclass(frozen=True)
@@ -235,15 +238,16 @@ def train_feranno(bench: Bench, model: Path, gen: Path) -> Path:
 # -- 4. rows ---------------------------------------------------------------------------------------
 
 
-def generate_row(bench: Bench, name: str, model: Path, *, n: int | None = None, **options) -> Path:
+def generate_row(bench: Bench, name: str, model: Path, *, n: int | None = None, seed: int = 0, folder: str = "rows",
+                 **options) -> Path:
     from synfer import GenerateConfig, generate
 
-    out = bench.path("rows", name)
+    out = bench.path(folder, name)
     config = GenerateConfig(out=str(out), model=str(model), n=n or bench.sizes.generated, distribution="balanced",
-                            prompt_file=str(bench.path("prompts.txt")), captions="plain", guidance_scale=5.0, seed=0, device="cpu",
+                            prompt_file=str(bench.path("prompts.txt")), captions="plain", guidance_scale=5.0, seed=seed, device="cpu",
                             batch_size=50, shard_size=200,
                             **{"scheduler": ROW_SAMPLER[0], "steps": ROW_SAMPLER[1], **options})
-    result = bench.step(f"generate/{name}", lambda: generate(config), n=config.plan.n,
+    result = bench.step(f"generate/{name}" if folder == "rows" else f"generate/{folder}/{name}", lambda: generate(config), n=config.plan.n,
                         **{k: v for k, v in options.items() if k != "guidance_model"})
     made = result.made
     if made:
@@ -263,16 +267,17 @@ def write_prompts(bench: Bench, identity: Path) -> Path:
     return path
 
 
-def evaluate_row(bench: Bench, name: str, dataset: Path, reference: Path, judge: Path, detector: Path, labels: str | None = None,
-                 layout_dir: Path | None = None) -> dict:
+def evaluate_row(bench: Bench, name: str, dataset: Path, reference: Path, judge: Path, detector: Path | None, labels: str | None = None,
+                 layout_dir: Path | None = None, split: str = "test", folder: str = "eval") -> dict:
     from synfer import EvaluateConfig, evaluate
 
-    out = bench.path("eval", name + (f"-{labels}" if labels else ""))
-    config = EvaluateConfig(dataset=str(dataset), real=str(reference), real_split="test", out=str(out), labels=labels,
-                            features=(f"classifier:{judge}",), judge=f"classifier:{judge}", au_detector=f"detector:{detector}",
+    out = bench.path(folder, name + (f"-{labels}" if labels else ""))
+    config = EvaluateConfig(dataset=str(dataset), real=str(reference), real_split=split, out=str(out), labels=labels,
+                            features=(f"classifier:{judge}",), judge=f"classifier:{judge}",
+                            au_detector=f"detector:{detector}" if detector else None,
                             layout_dir=str(layout_dir) if layout_dir else None, cache=str(bench.path("feature-cache")),
                             device="cpu", workers=1, overwrite=True)
-    result = bench.step(f"evaluate/{out.name}", lambda: evaluate(config))
+    result = bench.step(f"evaluate/{out.name}" if folder == "eval" else f"evaluate/{folder}/{out.name}", lambda: evaluate(config))
     # Feature figures are named by backbone kind ("fd/classifier"); the row table reads them by kind.
     found = result.metrics.get("figures", {})
     figures = {key: value["value"] for key, value in found.items()}
@@ -454,9 +459,9 @@ def main(argv=None) -> int:
     write_prompts(bench, worlds["gen-identity"])
 
     plain = {}
-    guided = {"guidance_model": str(guide)}
+    guided = guidance_options(guide, ROW_SAMPLER[1])
     # Layout initialisation inverts the references with DDIM, so its rows sample with DDIM 50.
-    layout = {**guided, "layout_dir": str(gen / "val"), "layout_strength": 0.8, "scheduler": "ddim", "steps": 50}
+    layout = {**guidance_options(guide, 50), "layout_dir": str(gen / "val"), "layout_strength": 0.8, "scheduler": "ddim", "steps": 50}
     specs = {
         "text": ("base model, text only", {"au_scale": 0.0}),
         "adapter": ("+ AU adapter", plain),
@@ -526,6 +531,17 @@ def main(argv=None) -> int:
           "table": str(bench.work / "world.md")})
 
     return 0
+
+
+def guidance_options(guide: Path, steps: int) -> dict:
+    """Semantic guidance for a schedule of ``steps`` steps, moving each face's embedding as far as the chosen step size
+    does at the row sampler's steps. The window guides a fraction of the schedule, so DDIM 50 guides 20 steps where
+    DPM-Solver++ 20 guides 8; at the same step size its faces moved 2.5 times as far (FD 17.3 against 11.1 in one run)."""
+    from synfer.pipelines.steering import guided_steps
+
+    window = (0.6, 1.0)  # generate's default --sg-window, the one the step size was chosen for
+    scale = len(guided_steps(window, 1, ROW_SAMPLER[1])) / len(guided_steps(window, 1, steps))
+    return {"guidance_model": str(guide), "sg_step_size": GUIDANCE_STEP_SIZE * scale}
 
 
 def export_half(folder: Path, out: Path) -> None:

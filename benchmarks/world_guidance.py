@@ -1,0 +1,82 @@
+"""Semantic guidance's step size for a world model, chosen without the judge that measures it.
+
+``benchmarks/world.py``'s "+ semantic guidance" row needs a step size. Choosing it by that row's
+figure would tune the method to the instrument that measures it, so this sweep chooses on other data
+with another classifier:
+
+- the faces are generated with seed 1 (the rows use seed 0), so no face of a row helped choose;
+- the relabel member (resnet-small, world 0, seed 2) judges them; the judge (world 1) is never loaded;
+- FD is taken in the member's feature space against world 0's val split (the rows are measured
+  against its test split).
+
+The choice is the step size with the highest member accuracy whose FD stays inside the unguided
+sweep point's 95% interval: guidance that moves faces off the real distribution is not bought. The
+guide and the member are world.py's own (same work folder, reused when world.py trained them).
+Prints one JSON line per point and a last ``{"chosen": ...}`` line.
+
+    python benchmarks/world_guidance.py --work runs/world --model world    # about 10 minutes once world.py ran
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import world  # noqa: E402  (the sibling benchmark: its worlds, classifiers and row helpers)
+
+STEP_SIZES = (0.1, 0.5, 1.0, 2.0, 4.0)
+SEED = 1  # world.py's rows use generation seed 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", default="runs/world")
+    parser.add_argument("--model", default="world", help="model folder or shipped name")
+    parser.add_argument("--step-sizes", default=",".join(str(s) for s in STEP_SIZES))
+    parser.add_argument("--window", default="0.6:1.0", help="the guided part of the schedule (--sg-window)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fast", action="store_true", help="world.py's toy sizes: checks the script in minutes; the figures mean nothing")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from synfer.assets import resolve_model
+
+    torch.set_num_threads(args.threads)
+    bench = world.Bench(Path(args.work), world.FAST if args.fast else world.Sizes(), args.threads)
+    bench.work.mkdir(parents=True, exist_ok=True)
+    worlds = world.make_worlds(bench)
+    gen = worlds["gen"]
+    s = bench.sizes
+    guide = world.classifier(bench, "guide", gen, backbone="resnet18", image_size=64, seed=0, max_steps=s.guide_steps, lr=2e-3)
+    member = world.classifier(bench, "member", gen, backbone="resnet-small", seed=2)
+    world.write_prompts(bench, worlds["gen-identity"])
+    model = Path(resolve_model(args.model))
+
+    points = [(0.0, {})] + [(float(size), {"guidance_model": str(guide), "sg_step_size": float(size), "sg_window": args.window})
+                            for size in args.step_sizes.split(",")]
+    found = []
+    for size, options in points:
+        name = f"step-{size:g}" + ("-window-" + args.window.replace(":", "-") if size else "")
+        dataset = world.generate_row(bench, name, model, seed=SEED, folder="guidance-sweep", **options)
+        figures = world.evaluate_row(bench, name, dataset, gen, member, None, split="val", folder="guidance-sweep-eval")
+        point = {"step_size": size, "window": args.window if size else None, "member_accuracy": figures["figures"].get("judge/accuracy"),
+                 "fd": figures["figures"].get("fd/classifier"), "fd_interval": figures["intervals"].get("fd/classifier"),
+                 "images_per_second": bench.figures.get("images_per_second", {}).get(name)}
+        found.append(point)
+        world.emit(point)
+    low, high = found[0]["fd_interval"] or (None, None)
+    allowed = [p for p in found[1:] if low is not None and low <= p["fd"] <= high]
+    chosen = max(allowed, key=lambda p: p["member_accuracy"], default=None)
+    world.emit({"chosen": chosen and chosen["step_size"], "window": args.window, "unguided_fd_interval": [low, high],
+                "seed": SEED, "judged_by": "member", "torch": torch.__version__})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
