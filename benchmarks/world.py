@@ -162,6 +162,16 @@ def classifier(bench: Bench, name: str, real: Path, *, backbone: str, seed: int,
     return bench.path(name, "best")
 
 
+def train_guide(bench: Bench, gen: Path) -> Path:
+    """The classifier that steers semantic guidance (resnet18 at 64 px, world 0, seed 0); world_guidance.py reuses it."""
+    return classifier(bench, "guide", gen, backbone="resnet18", image_size=64, seed=0, max_steps=bench.sizes.guide_steps, lr=2e-3)
+
+
+def train_member(bench: Bench, gen: Path) -> Path:
+    """The relabel member (resnet-small, world 0, seed 2): it votes beside FERAnno and judges world_guidance.py's sweep."""
+    return classifier(bench, "member", gen, backbone="resnet-small", seed=2)
+
+
 def au_detector(bench: Bench, name: str, world: Path, seed: int) -> Path:
     from synfer import DownstreamConfig, train_downstream
 
@@ -438,9 +448,9 @@ def main(argv=None) -> int:
     worlds = make_worlds(bench)
     gen = worlds["gen"]
     evaluator = au_detector(bench, "au-evaluator", worlds["judge"], seed=1)
-    guide = classifier(bench, "guide", gen, backbone="resnet18", image_size=64, seed=0, max_steps=sizes.guide_steps, lr=2e-3)
+    guide = train_guide(bench, gen)
     judge = classifier(bench, "judge", worlds["judge"], backbone="resnet-small", seed=1)
-    member = classifier(bench, "member", gen, backbone="resnet-small", seed=2)
+    member = train_member(bench, gen)
     if args.model:
         from synfer.assets import resolve_model
 
@@ -537,9 +547,10 @@ def guidance_options(guide: Path, steps: int) -> dict:
     """Semantic guidance for a schedule of ``steps`` steps, moving each face's embedding as far as the chosen step size
     does at the row sampler's steps. The window guides a fraction of the schedule, so DDIM 50 guides 20 steps where
     DPM-Solver++ 20 guides 8; at the same step size its faces moved 2.5 times as far (FD 17.3 against 11.1 in one run)."""
-    from synfer.pipelines.steering import guided_steps
+    from synfer import GenerateConfig
+    from synfer.pipelines.steering import guided_steps, parse_window
 
-    window = (0.6, 1.0)  # generate's default --sg-window, the one the step size was chosen for
+    window = parse_window(GenerateConfig.sg_window)  # the rows' window, the one the step size was chosen for
     scale = len(guided_steps(window, 1, ROW_SAMPLER[1])) / len(guided_steps(window, 1, steps))
     return {"guidance_model": str(guide), "sg_step_size": GUIDANCE_STEP_SIZE * scale}
 

@@ -14,7 +14,7 @@ sweep point's 95% interval: guidance that moves faces off the real distribution 
 guide and the member are world.py's own (same work folder, reused when world.py trained them).
 Prints one JSON line per point and a last ``{"chosen": ...}`` line.
 
-    python benchmarks/world_guidance.py --work runs/world --model world    # about 10 minutes once world.py ran
+    python benchmarks/world_guidance.py --work runs/world --model world    # 10 to 20 minutes once world.py ran
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ SEED = 1  # world.py's rows use generation seed 0
 
 
 def main(argv=None) -> int:
+    from synfer import GenerateConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default="runs/world")
     parser.add_argument("--model", default="world", help="model folder or shipped name")
     parser.add_argument("--step-sizes", default=",".join(str(s) for s in STEP_SIZES))
-    parser.add_argument("--window", default="0.6:1.0", help="the guided part of the schedule (--sg-window)")
+    parser.add_argument("--window", default=GenerateConfig.sg_window, help="the guided part of the schedule (--sg-window)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fast", action="store_true", help="world.py's toy sizes: checks the script in minutes; the figures mean nothing")
     args = parser.parse_args(argv)
@@ -52,9 +54,8 @@ def main(argv=None) -> int:
     bench.work.mkdir(parents=True, exist_ok=True)
     worlds = world.make_worlds(bench)
     gen = worlds["gen"]
-    s = bench.sizes
-    guide = world.classifier(bench, "guide", gen, backbone="resnet18", image_size=64, seed=0, max_steps=s.guide_steps, lr=2e-3)
-    member = world.classifier(bench, "member", gen, backbone="resnet-small", seed=2)
+    guide = world.train_guide(bench, gen)
+    member = world.train_member(bench, gen)
     world.write_prompts(bench, worlds["gen-identity"])
     model = Path(resolve_model(args.model))
 
