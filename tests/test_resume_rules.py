@@ -100,7 +100,7 @@ def test_a_crash_while_growing_is_finished_by_the_next_run(tmp_path, monkeypatch
     assert verify_dataset(SynferDataset(out)).ok and read_manifest(out)["n"] == 8
 
 
-def test_dpm_solver_is_recorded_and_layout_inversion_refuses_it(tmp_path):
+def test_dpm_solver_is_recorded_and_layout_inversion_takes_it_below_full_strength(tmp_path):
     import numpy as np
     from PIL import Image
 
@@ -110,8 +110,16 @@ def test_dpm_solver_is_recorded_and_layout_inversion_refuses_it(tmp_path):
     faces = tmp_path / "faces"
     faces.mkdir()
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(faces / "a.png")
+    # 'leading' spacing: DPM-Solver samples from below the noisiest level, where a whole inversion ends.
     refused = generate("--n", "2", "--scheduler", "dpm-solver++", "--layout-dir", str(faces), "--out", str(tmp_path / "x"))
-    assert refused.exit_code == 2 and "--scheduler ddim" in refused.stderr
+    assert refused.exit_code == 2 and "strength below 1" in refused.stderr and "--scheduler ddim" in refused.stderr
+    assert not (tmp_path / "x" / "manifest.json").exists()
+    layout = ["--layout-dir", str(faces), "--layout-strength", "0.5", "--steps", "4"]
+    taken = generate("--n", "2", "--scheduler", "dpm-solver++", *layout, "--out", str(tmp_path / "x"))
+    assert taken.exit_code == 0, taken.output
+    manifest = read_manifest(tmp_path / "x")
+    assert manifest["render"]["scheduler"] == "dpm-solver++" and manifest["render"]["layout"]["strength"] == 0.5
+    assert manifest["model"]["components"]["scheduler"]["class"] == "DPMSolverMultistepScheduler"
     unknown = generate("--n", "2", "--scheduler", "euler", "--out", str(tmp_path / "y"))
     assert unknown.exit_code == 2 and "unknown scheduler 'euler' (accepted: model, ddim, dpm-solver++)" in unknown.stderr
 

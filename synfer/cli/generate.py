@@ -77,7 +77,9 @@ def generate(
     sg_reuse_prediction: bool = typer.Option(
         C.sg_reuse_prediction, "--sg-reuse-prediction", help="Cheaper guided steps: updates act one step later (see README)."
     ),
-    layout_dir: Path = typer.Option(C.layout_dir, "--layout-dir", help="Reference faces: each sample starts from one's DDIM inversion."),
+    layout_dir: Path = typer.Option(
+        C.layout_dir, "--layout-dir", help="Reference faces: each sample starts from one's inversion (ddim; dpm-solver++ below strength 1)."
+    ),
     layout_strength: float = typer.Option(C.layout_strength, "--layout-strength", help="Fraction of the schedule inverted, in (0, 1]."),
     layout_iterations: int = typer.Option(C.layout_iterations, "--layout-iterations", help="Fixed-point refinements per inversion step."),
     captions: str = typer.Option(

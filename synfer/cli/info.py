@@ -235,7 +235,7 @@ def _print_cost(
     from ..expressions import affectnet_train_size, get_label_set
     from ..pipelines.cost import CostConfig, gpu_hours, guidance_architecture, measure_cost
     from ..pipelines.inversion import LayoutInit, use_layout_scheduler
-    from ..pipelines.steering import parse_window
+    from ..pipelines.steering import inverted_steps, parse_window
 
     label_set = get_label_set(classes)
     if scale is not None:
@@ -251,10 +251,10 @@ def _print_cost(
     layout = None
     if layout_strength is not None:
         layout = LayoutInit(strength=layout_strength, iterations=layout_iterations)
-        replaced = use_layout_scheduler(pipe, steps)
+        replaced = use_layout_scheduler(pipe, steps, inverted_steps(steps, layout_strength))
         if replaced:
             err_console.print(
-                f"--layout-strength: sampling with DDIMScheduler instead of {replaced} (inversion is DDIM)"
+                f"--layout-strength: sampling with DDIMScheduler instead of {replaced}, whose noise levels no inversion retraces"
             )
     guidance = None
     if guidance_classifier is not None:

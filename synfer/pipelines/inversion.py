@@ -1,19 +1,22 @@
-"""Layout initialisation: start sampling from a real face's DDIM inversion instead of random noise.
+"""Layout initialisation: start sampling from a real face's inversion instead of random noise.
 
 SynFER inverts a randomly chosen real face to the starting noise so that each generated face keeps a
 natural layout (pose, framing, proportions) while the prompt and AUs decide the rest. The reference
-is encoded with the pipeline's VAE and run *up* the same DDIM schedule the sampler will run down,
-with diffusers' ``DDIMInverseScheduler``, conditioned on an inversion prompt (empty by default) and
-the adapter's null AU, without classifier-free guidance (guidance makes the inversion diverge).
+is encoded with the pipeline's VAE and run *up* the schedule the sampler will run down, with the
+sampler's own inverse from diffusers (``DDIMInverseScheduler`` for DDIM,
+``DPMSolverMultistepInverseScheduler`` for DPM-Solver), conditioned on an inversion prompt (empty by
+default) and the adapter's null AU, without classifier-free guidance (guidance makes the inversion
+diverge).
 
 ``strength`` is the fraction of the schedule that is inverted: 1.0 inverts all the way to x_T;
 lower values stop part-way and sampling continues from there (SDEdit-like), keeping more of the
-reference. The sampler must use the same noise levels as the inversion, so layout initialisation
-needs a DDIM-compatible sampling schedule (see :func:`layout_compatible`).
+reference. The sampler must step through the noise levels the inversion passed and start where it
+stopped (see :func:`layout_mismatch`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Sequence
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDIMInverseScheduler
+from diffusers import DDIMInverseScheduler, DDIMScheduler, DPMSolverMultistepInverseScheduler, DPMSolverMultistepScheduler
 
 from ..errors import ConfigError, DatasetError
 from .steering import check_layout, inverted_steps
@@ -32,48 +35,83 @@ from .steering import check_layout, inverted_steps
 REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Separates the reference choice from every other use of a sample's seed.
 _REFERENCE_STREAM = 0x1A7
+# DPM-Solver options that place its noise levels away from the timestep grid; its inverse does not retrace them.
+_SIGMA_SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas")
 
 
-def inverse_scheduler(scheduler, num_steps: int, device: torch.device | str | None = None) -> DDIMInverseScheduler:
-    """A ``DDIMInverseScheduler`` with the sampling scheduler's noise schedule, set to ``num_steps``."""
+def inverse_scheduler(scheduler, num_steps: int, device: torch.device | str | None = None):
+    """The inverse of ``scheduler``'s sampler with its noise schedule, set to ``num_steps``.
+
+    DPM-Solver inverts with ``DPMSolverMultistepInverseScheduler`` (the same solver run upwards, so the
+    sampler retraces its path); every other scheduler with ``DDIMInverseScheduler``.
+    """
+    kind = DPMSolverMultistepInverseScheduler if isinstance(scheduler, DPMSolverMultistepScheduler) else DDIMInverseScheduler
     try:
-        inverse = DDIMInverseScheduler.from_config(scheduler.config)
+        inverse = kind.from_config(scheduler.config)
         inverse.set_timesteps(num_steps, device=device)
     except ValueError as error:
         raise ConfigError(f"cannot invert with this scheduler's config: {error}") from None
     return inverse
 
 
-def layout_compatible(scheduler, num_steps: int) -> bool:
-    """Whether sampling with ``scheduler`` visits exactly the noise levels a DDIM inversion reaches.
+def _inverted_levels(inverse) -> list[int]:
+    """The noise level (a training timestep) the latents sit at after 1, 2, ..., n steps of ``inverse``."""
+    if isinstance(inverse, DPMSolverMultistepInverseScheduler):
+        # Its step i moves from sigmas[i] to sigmas[i + 1]: sigmas[0] is the clean latents' level and the last
+        # sigma the noisiest timestep's, which is not a timestep of the grid.
+        return [int(t) for t in inverse.timesteps[1:]] + [int(inverse.noisiest_timestep)]
+    return [int(t) for t in inverse.timesteps]  # DDIM's inverse step at t lands at t
 
-    True for ``DDIMScheduler`` (and DPM-Solver with the same timestep spacing); False for e.g. PNDM,
+
+def layout_mismatch(scheduler, num_steps: int, steps: int | None = None) -> str | None:
+    """Why sampling with ``scheduler`` cannot continue from an inversion of ``steps`` of ``num_steps`` steps, or None.
+
+    The sampler must visit the noise levels the inversion passed, and start where it stopped. That holds
+    for ``DDIMScheduler`` and for ``DPMSolverMultistepScheduler`` on the timestep grid; not for e.g. PNDM,
     whose schedule repeats a timestep, or Euler, whose latents are not in the variance-preserving form.
+    DPM-Solver with 'leading' spacing starts below the noisiest level its inversion ends at, so there it
+    retraces any strength below 1. ``steps`` defaults to the whole schedule.
     """
+    name = type(scheduler).__name__
+    steps = num_steps if steps is None else steps
     if not hasattr(scheduler, "alphas_cumprod") or float(scheduler.init_noise_sigma) != 1.0:
-        return False
+        return f"{name} does not sample variance-preserving latents, which an inversion gives"
+    spaced = [key for key in _SIGMA_SPACINGS if scheduler.config.get(key)]
+    if spaced:
+        return f"{name} with {spaced[0]} samples noise levels off the timestep grid its inversion runs on"
     try:
-        inverse = inverse_scheduler(scheduler, num_steps)
-    except ConfigError:
-        return False
+        levels = _inverted_levels(inverse_scheduler(scheduler, num_steps))
+    except ConfigError as error:
+        return str(error)
     sampling = type(scheduler).from_config(scheduler.config)  # a copy: the caller's scheduler keeps its state
     sampling.set_timesteps(num_steps)
-    return torch.equal(inverse.timesteps.flip(0).cpu(), sampling.timesteps.cpu())
+    starts = [int(t) for t in sampling.timesteps.flip(0)]  # the level each step starts from, least noisy first
+    if len(starts) != len(levels) or levels[:-1] != starts[:-1]:
+        return f"{name} samples other noise levels than its inversion passes at {num_steps} steps"
+    if steps == num_steps and levels[-1] != starts[-1]:
+        spacing = scheduler.config.get("timestep_spacing")
+        return (f"the inversion ends at timestep {levels[-1]} and {name} starts at {starts[-1]} ({spacing!r} spacing); "
+                "invert less than the whole schedule (strength below 1)")
+    return None
 
 
-def use_layout_scheduler(pipe, num_steps: int) -> str | None:
-    """Make ``pipe`` sample with a DDIM scheduler (same config) unless its own one already matches the inversion.
+def layout_compatible(scheduler, num_steps: int, steps: int | None = None) -> bool:
+    """Whether sampling with ``scheduler`` can continue from an inversion (:func:`layout_mismatch` finds nothing)."""
+    return layout_mismatch(scheduler, num_steps, steps) is None
+
+
+def use_layout_scheduler(pipe, num_steps: int, steps: int | None = None) -> str | None:
+    """Make ``pipe`` sample with a DDIM scheduler (same config) unless its own one can continue from the inversion.
 
     Returns the name of the scheduler it replaced, or None when nothing changed.
     """
-    if layout_compatible(pipe.scheduler, num_steps):
+    if layout_compatible(pipe.scheduler, num_steps, steps):
         return None
-    from diffusers import DDIMScheduler
-
     replaced = type(pipe.scheduler).__name__
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    if not layout_compatible(scheduler, num_steps):
-        raise ConfigError(f"cannot build a DDIM schedule matching its inversion from the {replaced} config")
+    reason = layout_mismatch(scheduler, num_steps, steps)
+    if reason:
+        raise ConfigError(f"cannot build a DDIM schedule matching its inversion from the {replaced} config: {reason}")
     pipe.scheduler = scheduler
     return replaced
 
@@ -123,11 +161,11 @@ def invert(
     cross_attention_kwargs: dict[str, Any] | None = None,
     iterations: int = 0,
 ) -> torch.Tensor:
-    """Run clean ``latents`` up the first ``steps`` of a DDIM schedule of ``num_steps`` (no CFG).
+    """Run clean ``latents`` up the first ``steps`` of the sampler's inverse schedule of ``num_steps`` (no CFG).
 
-    The result sits at the noise level of the sampler's step ``num_steps - steps``. DDIM inversion
-    predicts the noise of step k -> k+1 at x_k, where sampling will predict it at x_{k+1}; the
-    mismatch compounds over the schedule. ``iterations`` > 0 refines each step as a fixed point
+    The result sits at the noise level of the sampler's step ``num_steps - steps``. Inversion predicts
+    the noise of step k -> k+1 at x_k, where sampling will predict it at x_{k+1}; the mismatch
+    compounds over the schedule. ``iterations`` > 0 refines each step as a fixed point
     (x_{k+1} = inverse_step(eps(x_{k+1}), x_k), as in Pan et al. 2023, "Effective real image editing
     with accelerated iterative diffusion inversion"), one extra UNet pass per iteration, which makes
     sampling retrace the inversion much more closely.
@@ -135,9 +173,13 @@ def invert(
     check_layout(1.0, iterations)
     inverse = inverse_scheduler(pipe.scheduler, num_steps, device=latents.device)
     for t in inverse.timesteps[:steps]:
+        # DPM-Solver's inverse is multistep: a step records the noise it was given, so a refined step is redone
+        # from the state before the first try (DDIM's inverse keeps no state; the copy costs nothing there).
+        before = copy.deepcopy(inverse) if iterations else None
         noise = pipe.predict_noise(latents, t, prompt_embeds, None, au_embeds, au_embeds, 1.0, cross_attention_kwargs)
         following = inverse.step(noise, t, latents, return_dict=False)[0]
         for _ in range(iterations):
+            inverse = copy.deepcopy(before)
             noise = pipe.predict_noise(following, t, prompt_embeds, None, au_embeds, au_embeds, 1.0, cross_attention_kwargs)
             following = inverse.step(noise, t, latents, return_dict=False)[0]
         latents = following
@@ -153,7 +195,7 @@ class LayoutInit:
             numpy arrays or [3, H, W] tensors in [0, 1], as diffusers' ``VaeImageProcessor`` takes them).
         strength: the fraction of the schedule inverted; 1.0 starts from x_T, less keeps more of the reference.
         prompt: the prompt the inversion is conditioned on (empty by default).
-        iterations: fixed-point refinements per inversion step (0: plain DDIM inversion); each costs one more
+        iterations: fixed-point refinements per inversion step (0: plain inversion); each costs one more
             UNet pass per step and brings the sampler's path closer to the inverted one.
     """
 
@@ -177,10 +219,11 @@ class LayoutInit:
         if self.images is None:
             raise ConfigError("layout initialisation needs reference images (LayoutInit(images=...))")
         steps = inverted_steps(num_steps, self.strength)
-        if not layout_compatible(pipe.scheduler, num_steps):
+        reason = layout_mismatch(pipe.scheduler, num_steps, steps)
+        if reason:
             raise ConfigError(
-                f"layout initialisation inverts with DDIM, and {type(pipe.scheduler).__name__} samples other noise "
-                "levels; use pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)"
+                f"layout initialisation cannot continue: {reason}; or sample with "
+                "pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)"
             )
         return LayoutRun(self, pipe, batch_size, num_images_per_prompt, num_steps, steps)
 

@@ -326,7 +326,7 @@ class SynFERPipeline(DiffusionPipeline):
             semantic_guidance: a :class:`~synfer.pipelines.guidance.SemanticGuidance` (classifier, one target
                 label per image, step size, window, ...): steers each image's text embedding toward its target.
             layout: a :class:`~synfer.pipelines.inversion.LayoutInit` (reference face(s), strength, inversion
-                prompt, iterations): the references' DDIM inversion replaces the random starting noise.
+                prompt, iterations): the references' inversion (the sampler's own: DDIM or DPM-Solver) replaces the random starting noise.
 
         Returns:
             :class:`SynFEROutput` (images, aus, prompts), or ``(images, aus, prompts)`` when ``return_dict`` is False.

@@ -1,8 +1,8 @@
 """Sampling schedulers by name (``synfer generate --scheduler``), each built from the model's own config.
 
-``model`` keeps the scheduler the model folder ships (SD1.5: PNDM); ``ddim`` is DDIM, the schedule
-layout inversion runs on; ``dpm-solver++`` is the second-order multistep DPM-Solver++ (Lu et al.
-2022), which reaches DDIM-50's quality in far fewer steps. All share the model's noise schedule
+``model`` keeps the scheduler the model folder ships (SD1.5: PNDM); ``ddim`` is DDIM; ``dpm-solver++``
+is the second-order multistep DPM-Solver++ (Lu et al. 2022), which reaches DDIM-50's quality in far
+fewer steps. Layout initialisation inverts with either one's own inverse scheduler. All share the model's noise schedule
 (betas, timestep spacing, prediction type), so semantic guidance's x0 estimate stays valid.
 """
 

@@ -305,16 +305,15 @@ def generate(config: GenerateConfig, reporter: Reporter | None = None) -> Genera
 
     use_scheduler(pipe, config.scheduler)
     if layout is not None:
-        from ..pipelines.inversion import layout_compatible, use_layout_scheduler
+        from ..pipelines.inversion import layout_mismatch, use_layout_scheduler
 
-        if config.scheduler != MODEL_SCHEDULER and not layout_compatible(pipe.scheduler, config.steps):
-            raise ConfigError(
-                f"--layout-dir inverts with DDIM, and --scheduler {config.scheduler} samples other noise levels; "
-                "use --scheduler ddim (or model, which switches to DDIM by itself)"
-            )
-        replaced = use_layout_scheduler(pipe, config.steps)
+        inverted = inverted_steps(config.steps, config.layout_strength)
+        reason = None if config.scheduler == MODEL_SCHEDULER else layout_mismatch(pipe.scheduler, config.steps, inverted)
+        if reason:
+            raise ConfigError(f"--layout-dir with --scheduler {config.scheduler}: {reason}; or use --scheduler ddim")
+        replaced = use_layout_scheduler(pipe, config.steps, inverted)
         if replaced and process.is_main_process:
-            reporter.log(f"--layout-dir: sampling with DDIMScheduler instead of {replaced} (inversion is DDIM)")
+            reporter.log(f"--layout-dir: sampling with DDIMScheduler instead of {replaced}, whose noise levels no inversion retraces")
     render = RenderConfig(
         steps=config.steps,
         guidance_scale=config.guidance_scale,
