@@ -38,13 +38,13 @@ AU F1 >= 0.6, synthetic-only >= 75% of real-only at the same n, real-scarce + sy
 
 Measured (2-core AMD EPYC, 2 threads, seeds as below; docs/world.md has the tables) on the shipped
 model (``--model world``: this script's model with its adapter trained 2,000 steps more): judge
-accuracy text only 0.185, + adapter 0.765, + guidance (step 2.0) 0.925, + layout 0.918 (chance
+accuracy text only 0.185, + adapter 0.765, + guidance (step 2.0) 0.925, + layout 0.935 (chance
 0.125, the judge on real faces 0.882); AU F1 0.18 -> 0.60 -> 0.64; FD 13.1 -> 7.0 -> 9.5 (guidance
-exaggerates) -> 8.3; synthetic-only 0.565 ± 0.020 (adapter) to 0.577 ± 0.038 (full method) against
-real-only 0.573 ± 0.040 at n=400 (three seeds); 2x 0.694 ± 0.019; relabelling a 30%-label-noise
-dataset 0.499 -> 0.573; real-scarce 0.182, + synthetic 0.331. DPM-Solver++ at 10 steps matches DDIM
+exaggerates) -> 9.1; synthetic-only 0.565 ± 0.020 (adapter) to 0.586 ± 0.043 (full method) against
+real-only 0.573 ± 0.040 at n=400 (three seeds); 2x 0.700 ± 0.026; relabelling a 30%-label-noise
+dataset 0.474 -> 0.557; real-scarce 0.182, + synthetic 0.331. DPM-Solver++ at 10 steps matches DDIM
 50 (FD 6.84 in 5.32-9.55) at 4.7x the images per second. Measuring with ``--model``
-took 100 minutes, classifiers included; training the model takes about 80 minutes more.
+takes about 80 minutes, classifiers included; training the model takes about 80 minutes more.
 """
 
 from __future__ import annotations
@@ -469,9 +469,10 @@ def main(argv=None) -> int:
     write_prompts(bench, worlds["gen-identity"])
 
     plain = {}
-    guided = guidance_options(guide, ROW_SAMPLER[1])
-    # Layout initialisation inverts the references with DDIM, so its rows sample with DDIM 50.
-    layout = {**guidance_options(guide, 50), "layout_dir": str(gen / "val"), "layout_strength": 0.8, "scheduler": "ddim", "steps": 50}
+    guided = {"guidance_model": str(guide), "sg_step_size": GUIDANCE_STEP_SIZE}
+    # Layout initialisation inverts with the row sampler's own inverse, so its rows sample like the others and their
+    # guidance moves faces through the steps the step size was chosen on.
+    layout = {**guided, "layout_dir": str(gen / "val"), "layout_strength": 0.8}
     specs = {
         "text": ("base model, text only", {"au_scale": 0.0}),
         "adapter": ("+ AU adapter", plain),
@@ -541,18 +542,6 @@ def main(argv=None) -> int:
           "table": str(bench.work / "world.md")})
 
     return 0
-
-
-def guidance_options(guide: Path, steps: int) -> dict:
-    """Semantic guidance for a schedule of ``steps`` steps, moving each face's embedding as far as the chosen step size
-    does at the row sampler's steps. The window guides a fraction of the schedule, so DDIM 50 guides 20 steps where
-    DPM-Solver++ 20 guides 8; at the same step size its faces moved 2.5 times as far (FD 17.3 against 11.1 in one run)."""
-    from synfer import GenerateConfig
-    from synfer.pipelines.steering import guided_steps, parse_window
-
-    window = parse_window(GenerateConfig.sg_window)  # the rows' window, the one the step size was chosen for
-    scale = len(guided_steps(window, 1, ROW_SAMPLER[1])) / len(guided_steps(window, 1, steps))
-    return {"guidance_model": str(guide), "sg_step_size": GUIDANCE_STEP_SIZE * scale}
 
 
 def export_half(folder: Path, out: Path) -> None:
