@@ -63,7 +63,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SAMPLERS = (("ddim", 50), ("dpm-solver++", 10), ("dpm-solver++", 15), ("dpm-solver++", 20), ("dpm-solver++", 25))
 # The rows' sampler: the recommendation of an earlier run's sweep (DPM-Solver++ matched DDIM 50 from 10 steps);
-# what it saves on the guided rows pays for a longer UNet training within the hour. The sweep checks it again.
+# what it saves on the guided rows pays for a longer UNet training. The sweep checks it again.
 ROW_SAMPLER = ("dpm-solver++", 20)
 # Semantic guidance's step size, chosen by benchmarks/world_guidance.py on the shipped model: the highest accuracy of the
 # relabel member (never the judge) on faces of another seed whose FD stayed inside the unguided faces' interval. A rerun

@@ -2,8 +2,9 @@
 
 ``model`` keeps the scheduler the model folder ships (SD1.5: PNDM); ``ddim`` is DDIM; ``dpm-solver++``
 is the second-order multistep DPM-Solver++ (Lu et al. 2022), which reaches DDIM-50's quality in far
-fewer steps. Layout initialisation inverts with either one's own inverse scheduler. All share the model's noise schedule
-(betas, timestep spacing, prediction type), so semantic guidance's x0 estimate stays valid.
+fewer steps. Layout initialisation inverts with either one's own inverse scheduler. All share the
+model's noise schedule (betas, timestep spacing, prediction type), so semantic guidance's x0 estimate
+stays valid.
 """
 
 from __future__ import annotations
