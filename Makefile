@@ -34,7 +34,7 @@ demo: install
 	$(VENV)/bin/synfer inspect runs/demo
 	$(VENV)/bin/synfer generate $(WORLD_OPTIONS) --n 64 --distribution balanced --out runs/demo-balanced
 
-# SynFER's ablation and data claims on the procedural world, every stage trained on the CPU (on 2 cores about 80 minutes
+# SynFER's ablation and data claims on the procedural world, every stage trained on the CPU (on 2 cores about 100 minutes
 # to train the model and 80 to measure it); world-fast runs the same chain at toy sizes in a few minutes.
 world: install
 	$(PY) benchmarks/world.py --work runs/world
