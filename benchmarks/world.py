@@ -37,7 +37,7 @@ Targets (issue text): judge accuracy with the adapter >= 0.60 (text only <= 0.25
 AU F1 >= 0.6, synthetic-only >= 75% of real-only at the same n, real-scarce + synthetic > real-scarce.
 
 Measured (2-core AMD EPYC, 2 threads, seeds as below; docs/world.md has the tables) on the shipped
-model (``--model world``: this script's model with its adapter trained 2,000 steps more): judge
+model (``--model world``: this script's model when it trained 2,000 adapter steps, trained 2,000 more): judge
 accuracy text only 0.185, + adapter 0.765, + guidance (step 2.0) 0.925, + layout 0.935 (chance
 0.125, the judge on real faces 0.882); AU F1 0.18 -> 0.60 -> 0.64; FD 13.1 -> 7.0 -> 9.5 (guidance
 exaggerates) -> 9.1; synthetic-only 0.565 ± 0.020 (adapter) to 0.586 ± 0.043 (full method) against
