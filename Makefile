@@ -10,7 +10,7 @@ STAMP := $(VENV)/.synfer-installed
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint bench world world-fast world-guidance clean
+.PHONY: install demo test lint bench world world-fast world-guidance world-au-scale clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ world-fast: install
 # How world.py's semantic-guidance step size was chosen: the relabel member judges faces of another seed (never the judge).
 world-guidance: install
 	$(PY) benchmarks/world_guidance.py --work runs/world --model world
+
+# How a world model's AU attention weight (--au-scale) is chosen, by the same rule's kind: member and annotator, seed 1.
+world-au-scale: install
+	$(PY) benchmarks/world_au_scale.py --work runs/world --model world
 
 test: install
 	$(PY) -m pytest -q

@@ -33,6 +33,40 @@ STEP_SIZES = (0.1, 0.5, 1.0, 2.0, 4.0)
 SEED = 1  # world.py's rows use generation seed 0
 
 
+def sweep(bench, model: Path, gen: Path, member: Path, detector: Path | None, points, name) -> list[tuple[float, dict]]:
+    """Generate and measure each ``(value, generate options)`` point on seed-1 faces against world 0's val split.
+
+    The member judges and ``detector`` (when given) reads the AUs; ``name(value, options)`` names each point's folder.
+    """
+    found = []
+    for value, options in points:
+        label = name(value, options)
+        dataset = world.generate_row(bench, label, model, seed=SEED, folder="guidance-sweep", **options)
+        result = world.evaluate_row(bench, label, dataset, gen, member, detector, split="val", folder="guidance-sweep-eval")
+        figures = {"member_accuracy": result["figures"].get("judge/accuracy"), "fd": result["figures"].get("fd/classifier"),
+                   "fd_interval": result["intervals"].get("fd/classifier"),
+                   "images_per_second": bench.figures.get("images_per_second", {}).get(label)}
+        if detector is not None:
+            figures["au_f1"] = result["figures"].get("au/macro_f1")
+        world.emit({"point": label, **figures})
+        found.append((value, figures))
+    return found
+
+
+def prepare(args) -> tuple[world.Bench, Path, Path]:
+    """The bench in ``--work`` at ``--fast``'s sizes, world 0 (the generator world) and the ``--model`` folder."""
+    import torch
+
+    from synfer.assets import resolve_model
+
+    torch.set_num_threads(args.threads)
+    bench = world.Bench(Path(args.work), world.FAST if args.fast else world.Sizes(), args.threads)
+    bench.work.mkdir(parents=True, exist_ok=True)
+    worlds = world.make_worlds(bench)
+    world.write_prompts(bench, worlds["gen-identity"])
+    return bench, worlds["gen"], Path(resolve_model(args.model))
+
+
 def main(argv=None) -> int:
     from synfer import GenerateConfig
 
@@ -47,30 +81,15 @@ def main(argv=None) -> int:
 
     import torch
 
-    from synfer.assets import resolve_model
-
-    torch.set_num_threads(args.threads)
-    bench = world.Bench(Path(args.work), world.FAST if args.fast else world.Sizes(), args.threads)
-    bench.work.mkdir(parents=True, exist_ok=True)
-    worlds = world.make_worlds(bench)
-    gen = worlds["gen"]
+    bench, gen, model = prepare(args)
     guide = world.train_guide(bench, gen)
     member = world.train_member(bench, gen)
-    world.write_prompts(bench, worlds["gen-identity"])
-    model = Path(resolve_model(args.model))
 
     points = [(0.0, {})] + [(float(size), {"guidance_model": str(guide), "sg_step_size": float(size), "sg_window": args.window})
                             for size in args.step_sizes.split(",")]
-    found = []
-    for size, options in points:
-        name = f"step-{size:g}" + ("-window-" + args.window.replace(":", "-") if size else "")
-        dataset = world.generate_row(bench, name, model, seed=SEED, folder="guidance-sweep", **options)
-        figures = world.evaluate_row(bench, name, dataset, gen, member, None, split="val", folder="guidance-sweep-eval")
-        point = {"step_size": size, "window": args.window if size else None, "member_accuracy": figures["figures"].get("judge/accuracy"),
-                 "fd": figures["figures"].get("fd/classifier"), "fd_interval": figures["intervals"].get("fd/classifier"),
-                 "images_per_second": bench.figures.get("images_per_second", {}).get(name)}
-        found.append(point)
-        world.emit(point)
+    found = [{"step_size": size, "window": args.window if size else None, **figures}
+             for size, figures in sweep(bench, model, gen, member, None, points, lambda size, options:
+                                        f"step-{size:g}" + ("-window-" + args.window.replace(":", "-") if size else ""))]
     low, high = found[0]["fd_interval"] or (None, None)
     allowed = [p for p in found[1:] if low is not None and low <= p["fd"] <= high]
     chosen = max(allowed, key=lambda p: p["member_accuracy"], default=None)

@@ -1,0 +1,62 @@
+"""The AU attention's weight (``--au-scale``) for a world model, chosen without the judge that measures it.
+
+The AU adapter adds ``au_scale * AU attention`` to each cross-attention layer; it trains at 1, and a
+larger weight at sampling strengthens the AUs' pull, for no extra compute. Like
+``world_guidance.py``, this sweep chooses on data no row of ``world.py`` is measured on: faces of
+generation seed 1, judged by the relabel member (the judge is never loaded), AUs read by the annotator
+detector (the one that annotated the adapter's training faces: a self-consistency figure, fit for
+choosing, never reported as faithfulness), FD in the member's feature space against world 0's val
+split. The rule, fixed before it ran: the weight with the highest annotator AU F1 whose FD stays inside
+the weight-1 point's 95% interval. No semantic guidance, so the two levers are read apart.
+
+    python benchmarks/world_au_scale.py --work runs/world --model world    # about 15 minutes once world.py ran
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import world  # noqa: E402  (the sibling benchmark: its worlds, classifiers and row helpers)
+from world_guidance import SEED, prepare, sweep  # noqa: E402
+
+AU_SCALES = (1.0, 1.5, 2.0, 3.0)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", default="runs/world")
+    parser.add_argument("--model", default="world", help="model folder or shipped name")
+    parser.add_argument("--au-scales", default=",".join(str(s) for s in AU_SCALES), help="must include 1 (the reference point)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fast", action="store_true", help="world.py's toy sizes: checks the script in minutes; the figures mean nothing")
+    args = parser.parse_args(argv)
+    scales = [float(s) for s in args.au_scales.split(",")]
+    if 1.0 not in scales:
+        parser.error("--au-scales must include 1, the weight the adapter trained at")
+
+    import torch
+
+    bench, gen, model = prepare(args)
+    member = world.train_member(bench, gen)
+    annotator = world.au_detector(bench, "au-annotator", gen, seed=0)
+
+    found = [{"au_scale": scale, **figures}
+             for scale, figures in sweep(bench, model, gen, member, annotator, [(s, {"au_scale": s}) for s in scales],
+                                         lambda scale, options: f"au-scale-{scale:g}")]
+    reference = next(p for p in found if p["au_scale"] == 1.0)
+    low, high = reference["fd_interval"] or (None, None)
+    allowed = [p for p in found if low is not None and low <= p["fd"] <= high]
+    chosen = max(allowed, key=lambda p: p["au_f1"], default=None)
+    world.emit({"chosen": chosen and chosen["au_scale"], "reference_fd_interval": [low, high], "seed": SEED,
+                "judged_by": "member", "aus_read_by": "annotator", "torch": torch.__version__})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
