@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import world  # noqa: E402  (the sibling benchmark: its worlds, classifiers and row helpers)
-from world_guidance import SEED, prepare, sweep  # noqa: E402
+from world_guidance import SEED, choose, prepare, sweep  # noqa: E402
 
 AU_SCALES = (1.0, 1.5, 2.0, 3.0)
 
@@ -48,11 +48,8 @@ def main(argv=None) -> int:
 
     found = [{"au_scale": scale, **figures}
              for scale, figures in sweep(bench, model, gen, member, annotator, [(s, {"au_scale": s}) for s in scales],
-                                         lambda scale, options: f"au-scale-{scale:g}")]
-    reference = next(p for p in found if p["au_scale"] == 1.0)
-    low, high = reference["fd_interval"] or (None, None)
-    allowed = [p for p in found if low is not None and low <= p["fd"] <= high]
-    chosen = max(allowed, key=lambda p: p["au_f1"], default=None)
+                                         lambda scale: f"au-scale-{scale:g}", folder="au-scale-sweep")]
+    chosen, (low, high) = choose(found, next(p for p in found if p["au_scale"] == 1.0), "au_f1")
     world.emit({"chosen": chosen and chosen["au_scale"], "reference_fd_interval": [low, high], "seed": SEED,
                 "judged_by": "member", "aus_read_by": "annotator", "torch": torch.__version__})
     return 0

@@ -33,16 +33,17 @@ STEP_SIZES = (0.1, 0.5, 1.0, 2.0, 4.0)
 SEED = 1  # world.py's rows use generation seed 0
 
 
-def sweep(bench, model: Path, gen: Path, member: Path, detector: Path | None, points, name) -> list[tuple[float, dict]]:
+def sweep(bench, model: Path, gen: Path, member: Path, detector: Path | None, points, name, folder: str) -> list[tuple[float, dict]]:
     """Generate and measure each ``(value, generate options)`` point on seed-1 faces against world 0's val split.
 
-    The member judges and ``detector`` (when given) reads the AUs; ``name(value, options)`` names each point's folder.
+    The member judges and ``detector`` (when given) reads the AUs; ``name(value)`` names each point's folder
+    under ``folder`` (its evaluation under ``folder-eval``).
     """
     found = []
     for value, options in points:
-        label = name(value, options)
-        dataset = world.generate_row(bench, label, model, seed=SEED, folder="guidance-sweep", **options)
-        result = world.evaluate_row(bench, label, dataset, gen, member, detector, split="val", folder="guidance-sweep-eval")
+        label = name(value)
+        dataset = world.generate_row(bench, label, model, seed=SEED, folder=folder, **options)
+        result = world.evaluate_row(bench, label, dataset, gen, member, detector, split="val", folder=f"{folder}-eval")
         figures = {"member_accuracy": result["figures"].get("judge/accuracy"), "fd": result["figures"].get("fd/classifier"),
                    "fd_interval": result["intervals"].get("fd/classifier"),
                    "images_per_second": bench.figures.get("images_per_second", {}).get(label)}
@@ -51,6 +52,13 @@ def sweep(bench, model: Path, gen: Path, member: Path, detector: Path | None, po
         world.emit({"point": label, **figures})
         found.append((value, figures))
     return found
+
+
+def choose(points: list[dict], reference: dict, key: str) -> tuple[dict | None, tuple]:
+    """The point with the highest ``key`` whose FD lies inside ``reference``'s 95% interval, and that interval."""
+    low, high = reference["fd_interval"] or (None, None)
+    allowed = [p for p in points if low is not None and low <= p["fd"] <= high]
+    return max(allowed, key=lambda p: p[key], default=None), (low, high)
 
 
 def prepare(args) -> tuple[world.Bench, Path, Path]:
@@ -88,11 +96,10 @@ def main(argv=None) -> int:
     points = [(0.0, {})] + [(float(size), {"guidance_model": str(guide), "sg_step_size": float(size), "sg_window": args.window})
                             for size in args.step_sizes.split(",")]
     found = [{"step_size": size, "window": args.window if size else None, **figures}
-             for size, figures in sweep(bench, model, gen, member, None, points, lambda size, options:
-                                        f"step-{size:g}" + ("-window-" + args.window.replace(":", "-") if size else ""))]
-    low, high = found[0]["fd_interval"] or (None, None)
-    allowed = [p for p in found[1:] if low is not None and low <= p["fd"] <= high]
-    chosen = max(allowed, key=lambda p: p["member_accuracy"], default=None)
+             for size, figures in sweep(bench, model, gen, member, None, points, lambda size:
+                                        f"step-{size:g}" + ("-window-" + args.window.replace(":", "-") if size else ""),
+                                        folder="guidance-sweep")]
+    chosen, (low, high) = choose(found[1:], found[0], "member_accuracy")
     world.emit({"chosen": chosen and chosen["step_size"], "window": args.window, "unguided_fd_interval": [low, high],
                 "seed": SEED, "judged_by": "member", "torch": torch.__version__})
     return 0
