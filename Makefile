@@ -46,9 +46,10 @@ world-fast: install
 world-guidance: install
 	$(PY) benchmarks/world_guidance.py --work runs/world --model world
 
-# How a world model's AU attention weight (--au-scale) is chosen, by the same rule's kind: member and annotator, seed 1.
+# How a world model's AU attention weight (--au-scale) is chosen, by the same rule's kind: member and annotator, seed 1;
+# then each weight measured like world.py's adapter row (judge, seed 0, test split).
 world-au-scale: install
-	$(PY) benchmarks/world_au_scale.py --work runs/world --model world
+	$(PY) benchmarks/world_au_scale.py --work runs/world --model world --measure
 
 test: install
 	$(PY) -m pytest -q

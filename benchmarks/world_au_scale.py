@@ -3,13 +3,18 @@
 The AU adapter adds ``au_scale * AU attention`` to each cross-attention layer; it trains at 1, and a
 larger weight at sampling strengthens the AUs' pull, for no extra compute. Like
 ``world_guidance.py``, this sweep chooses on data no row of ``world.py`` is measured on: faces of
-generation seed 1, judged by the relabel member (the judge is never loaded), AUs read by the annotator
+generation seed 1, judged by the relabel member (the judge is not loaded before the choice), AUs read by the annotator
 detector (the one that annotated the adapter's training faces: a self-consistency figure, fit for
 choosing, never reported as faithfulness), FD in the member's feature space against world 0's val
 split. The rule, fixed before it ran: the weight with the highest annotator AU F1 whose FD stays inside
 the weight-1 point's 95% interval. No semantic guidance, so the two levers are read apart.
 
-    python benchmarks/world_au_scale.py --work runs/world --model world    # about 15 minutes once world.py ran
+With ``--measure``, once the choice is printed, each swept weight is measured the way ``world.py``
+measures its "+ AU adapter" row: faces of generation seed 0, the judge, the evaluating AU detector,
+world 0's test split, and a synthetic-only classifier per downstream seed. Only then is the judge loaded.
+
+    python benchmarks/world_au_scale.py --work runs/world --model world             # about 15 minutes once world.py ran
+    python benchmarks/world_au_scale.py --work runs/world --model world --measure   # about 12 minutes more
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="world", help="model folder or shipped name")
     parser.add_argument("--au-scales", default=",".join(str(s) for s in AU_SCALES), help="must include 1 (the reference point)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--measure", action="store_true",
+                        help="after the choice, measure every swept weight as world.py's adapter row (seed 0, judge, test split)")
     parser.add_argument("--fast", action="store_true", help="world.py's toy sizes: checks the script in minutes; the figures mean nothing")
     args = parser.parse_args(argv)
     scales = [float(s) for s in args.au_scales.split(",")]
@@ -42,7 +49,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    bench, gen, model = prepare(args)
+    bench, worlds, model = prepare(args)
+    gen = worlds["gen"]
     member = world.train_member(bench, gen)
     annotator = world.au_detector(bench, "au-annotator", gen, seed=0)
 
@@ -52,7 +60,24 @@ def main(argv=None) -> int:
     chosen, (low, high) = choose(found, next(p for p in found if p["au_scale"] == 1.0), "au_f1")
     world.emit({"chosen": chosen and chosen["au_scale"], "reference_fd_interval": [low, high], "seed": SEED,
                 "judged_by": "member", "aus_read_by": "annotator", "torch": torch.__version__})
+    if args.measure:
+        measure(bench, worlds, model, scales)
     return 0
+
+
+def measure(bench, worlds: dict[str, Path], model: Path, scales: list[float]) -> None:
+    """Each weight's adapter row, measured as ``world.py`` measures it; one ``{"measured": ...}`` line per weight."""
+    gen = worlds["gen"]
+    judge = world.classifier(bench, "judge", worlds["judge"], backbone="resnet-small", seed=1)
+    evaluator = world.au_detector(bench, "au-evaluator", worlds["judge"], seed=1)
+    for scale in scales:
+        name = f"au-scale-{scale:g}"
+        dataset = world.generate_row(bench, name, model, folder="au-scale-rows", au_scale=scale)
+        found = world.evaluate_row(bench, name, dataset, gen, judge, evaluator, folder="au-scale-rows-eval")
+        figures = found["figures"]
+        world.emit({"measured": scale, "judge_accuracy": figures.get("judge/accuracy"), "au_f1": figures.get("au/macro_f1"),
+                    "fd": figures.get("fd/classifier"), "fd_interval": found["intervals"].get("fd/classifier"),
+                    "kid": figures.get("kid/classifier"), "downstream": world.downstream(bench, name, gen, synthetic=dataset)})
 
 
 if __name__ == "__main__":

@@ -61,8 +61,8 @@ def choose(points: list[dict], reference: dict, key: str) -> tuple[dict | None, 
     return max(allowed, key=lambda p: p[key], default=None), (low, high)
 
 
-def prepare(args) -> tuple[world.Bench, Path, Path]:
-    """The bench in ``--work`` at ``--fast``'s sizes, world 0 (the generator world) and the ``--model`` folder."""
+def prepare(args) -> tuple[world.Bench, dict[str, Path], Path]:
+    """The bench in ``--work`` at ``--fast``'s sizes, ``world.py``'s worlds (``"gen"``: world 0) and the ``--model`` folder."""
     import torch
 
     from synfer.assets import resolve_model
@@ -72,7 +72,7 @@ def prepare(args) -> tuple[world.Bench, Path, Path]:
     bench.work.mkdir(parents=True, exist_ok=True)
     worlds = world.make_worlds(bench)
     world.write_prompts(bench, worlds["gen-identity"])
-    return bench, worlds["gen"], Path(resolve_model(args.model))
+    return bench, worlds, Path(resolve_model(args.model))
 
 
 def main(argv=None) -> int:
@@ -89,7 +89,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    bench, gen, model = prepare(args)
+    bench, worlds, model = prepare(args)
+    gen = worlds["gen"]
     guide = world.train_guide(bench, gen)
     member = world.train_member(bench, gen)
 
