@@ -54,9 +54,8 @@ def main(argv=None) -> int:
     member = world.train_member(bench, gen)
     annotator = world.au_detector(bench, "au-annotator", gen, seed=0)
 
-    found = [{"au_scale": scale, **figures}
-             for scale, figures in sweep(bench, model, gen, member, annotator, [(s, {"au_scale": s}) for s in scales],
-                                         lambda scale: f"au-scale-{scale:g}", folder="au-scale-sweep")]
+    found = sweep(bench, model, gen, member, annotator, "au_scale", [(s, {"au_scale": s}) for s in scales],
+                  lambda scale: f"au-scale-{scale:g}", folder="au-scale-sweep")
     chosen, (low, high) = choose(found, next(p for p in found if p["au_scale"] == 1.0), "au_f1")
     world.emit({"chosen": chosen and chosen["au_scale"], "reference_fd_interval": [low, high], "seed": SEED,
                 "judged_by": "member", "aus_read_by": "annotator", "torch": torch.__version__})

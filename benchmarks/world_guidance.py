@@ -33,11 +33,12 @@ STEP_SIZES = (0.1, 0.5, 1.0, 2.0, 4.0)
 SEED = 1  # world.py's rows use generation seed 0
 
 
-def sweep(bench, model: Path, gen: Path, member: Path, detector: Path | None, points, name, folder: str) -> list[tuple[float, dict]]:
+def sweep(bench, model: Path, gen: Path, member: Path, detector: Path | None, key: str, points, name, folder: str) -> list[dict]:
     """Generate and measure each ``(value, generate options)`` point on seed-1 faces against world 0's val split.
 
     The member judges and ``detector`` (when given) reads the AUs; ``name(value)`` names each point's folder
-    under ``folder`` (its evaluation under ``folder-eval``).
+    under ``folder`` (its evaluation under ``folder-eval``). Each point's figures come back, and are printed,
+    with its value under ``key``.
     """
     found = []
     for value, options in points:
@@ -49,8 +50,8 @@ def sweep(bench, model: Path, gen: Path, member: Path, detector: Path | None, po
                    "images_per_second": bench.figures.get("images_per_second", {}).get(label)}
         if detector is not None:
             figures["au_f1"] = result["figures"].get("au/macro_f1")
-        world.emit({"point": label, **figures})
-        found.append((value, figures))
+        found.append({key: value, "point": label, **figures})
+        world.emit(found[-1])
     return found
 
 
@@ -96,10 +97,8 @@ def main(argv=None) -> int:
 
     points = [(0.0, {})] + [(float(size), {"guidance_model": str(guide), "sg_step_size": float(size), "sg_window": args.window})
                             for size in args.step_sizes.split(",")]
-    found = [{"step_size": size, "window": args.window if size else None, **figures}
-             for size, figures in sweep(bench, model, gen, member, None, points, lambda size:
-                                        f"step-{size:g}" + ("-window-" + args.window.replace(":", "-") if size else ""),
-                                        folder="guidance-sweep")]
+    found = sweep(bench, model, gen, member, None, "step_size", points,
+                  lambda size: f"step-{size:g}" + ("-window-" + args.window.replace(":", "-") if size else ""), folder="guidance-sweep")
     chosen, (low, high) = choose(found[1:], found[0], "member_accuracy")
     world.emit({"chosen": chosen and chosen["step_size"], "window": args.window, "unguided_fd_interval": [low, high],
                 "seed": SEED, "judged_by": "member", "torch": torch.__version__})
