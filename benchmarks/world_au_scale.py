@@ -3,10 +3,10 @@
 The AU adapter adds ``au_scale * AU attention`` to each cross-attention layer; it trains at 1, and a
 larger weight at sampling strengthens the AUs' pull, for no extra compute. Like
 ``world_guidance.py``, this sweep chooses on data no row of ``world.py`` is measured on: faces of
-generation seed 1, judged by the relabel member (the judge is not loaded before the choice), AUs read by the annotator
-detector (the one that annotated the adapter's training faces: a self-consistency figure, fit for
-choosing, never reported as faithfulness), FD in the member's feature space against world 0's val
-split. The rule, fixed before it ran: the weight with the highest annotator AU F1 whose FD stays inside
+generation seed 1, judged by the relabel member (the judge is not loaded before the choice), AUs read
+by the annotator detector (the one that annotated the adapter's training faces: a self-consistency
+figure, fit for choosing, never reported as faithfulness), FD in the member's feature space against
+world 0's val split. The rule, fixed before it ran: the weight with the highest annotator AU F1 whose FD stays inside
 the weight-1 point's 95% interval. No semantic guidance, so the two levers are read apart.
 
 With ``--measure``, once the choice is printed, each swept weight is measured the way ``world.py``
