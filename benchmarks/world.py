@@ -175,6 +175,21 @@ def train_member(bench: Bench, gen: Path) -> Path:
     return classifier(bench, "member", gen, backbone="resnet-small", seed=2)
 
 
+def train_judge(bench: Bench, judge_world: Path) -> Path:
+    """The independent judge (resnet-small, world 1, seed 1): it measures every row; the sweeps choose without it."""
+    return classifier(bench, "judge", judge_world, backbone="resnet-small", seed=1)
+
+
+def train_au_annotator(bench: Bench, gen: Path) -> Path:
+    """The AU detector whose table trains the adapter (world 0, seed 0); world_au_scale.py chooses with it."""
+    return au_detector(bench, "au-annotator", gen, seed=0)
+
+
+def train_au_evaluator(bench: Bench, judge_world: Path) -> Path:
+    """The AU detector that measures the rows' AU faithfulness (world 1, seed 1), independent of the annotator."""
+    return au_detector(bench, "au-evaluator", judge_world, seed=1)
+
+
 def au_detector(bench: Bench, name: str, world: Path, seed: int) -> Path:
     from synfer import DownstreamConfig, train_downstream
 
@@ -450,9 +465,9 @@ def main(argv=None) -> int:
 
     worlds = make_worlds(bench)
     gen = worlds["gen"]
-    evaluator = au_detector(bench, "au-evaluator", worlds["judge"], seed=1)
+    evaluator = train_au_evaluator(bench, worlds["judge"])
     guide = train_guide(bench, gen)
-    judge = classifier(bench, "judge", worlds["judge"], backbone="resnet-small", seed=1)
+    judge = train_judge(bench, worlds["judge"])
     member = train_member(bench, gen)
     if args.model:
         from synfer.assets import resolve_model
@@ -460,7 +475,7 @@ def main(argv=None) -> int:
         model = Path(resolve_model(args.model))
         emit({"model": str(model), "trained": False})
     else:
-        model = train_generator(bench, worlds, au_detector(bench, "au-annotator", gen, seed=0))
+        model = train_generator(bench, worlds, train_au_annotator(bench, gen))
     bench.figures["model"] = {"path": str(model), "trained_here": not args.model}
     # The exports need only the trained models, so they are written before the figures are measured.
     if args.export_model:

@@ -6,8 +6,9 @@ larger weight at sampling strengthens the AUs' pull, for no extra compute. Like
 generation seed 1, judged by the relabel member (the judge is not loaded before the choice), AUs read
 by the annotator detector (the one that annotated the adapter's training faces: a self-consistency
 figure, fit for choosing, never reported as faithfulness), FD in the member's feature space against
-world 0's val split. The rule, fixed before it ran: the weight with the highest annotator AU F1 whose FD stays inside
-the weight-1 point's 95% interval. No semantic guidance, so the two levers are read apart.
+world 0's val split. The rule, fixed before it ran: the weight with the highest annotator AU F1
+whose FD stays inside the weight-1 point's 95% interval. No semantic guidance, so the two levers are
+read apart.
 
 With ``--measure``, once the choice is printed, each swept weight is measured the way ``world.py``
 measures its "+ AU adapter" row: faces of generation seed 0, the judge, the evaluating AU detector,
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     bench, worlds, model = prepare(args)
     gen = worlds["gen"]
     member = world.train_member(bench, gen)
-    annotator = world.au_detector(bench, "au-annotator", gen, seed=0)
+    annotator = world.train_au_annotator(bench, gen)
 
     found = sweep(bench, model, gen, member, annotator, "au_scale", [(s, {"au_scale": s}) for s in scales],
                   lambda scale: f"au-scale-{scale:g}", folder="au-scale-sweep")
@@ -67,8 +68,8 @@ def main(argv=None) -> int:
 def measure(bench, worlds: dict[str, Path], model: Path, scales: list[float]) -> None:
     """Each weight's adapter row, measured as ``world.py`` measures it; one ``{"measured": ...}`` line per weight."""
     gen = worlds["gen"]
-    judge = world.classifier(bench, "judge", worlds["judge"], backbone="resnet-small", seed=1)
-    evaluator = world.au_detector(bench, "au-evaluator", worlds["judge"], seed=1)
+    judge = world.train_judge(bench, worlds["judge"])
+    evaluator = world.train_au_evaluator(bench, worlds["judge"])
     for scale in scales:
         name = f"au-scale-{scale:g}"
         dataset = world.generate_row(bench, name, model, folder="au-scale-rows", au_scale=scale)
