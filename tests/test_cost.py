@@ -257,3 +257,22 @@ def test_info_cost_refuses_bad_options_in_one_line(args, message):
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "{missing}"], "does not exist"),
+        (["--model", "{empty}"], "no model_index.json"),
+        (["--model", "sd15", "--adapter", "{missing}"], "AU adapter folder"),
+        (["--model", "sd15", "--adapter", "{empty}"], "not an AU adapter folder"),
+        (["--model", "sd15", "--cost", "--scale", "abc"], "unknown scale"),
+    ],
+)
+def test_info_refuses_a_mistyped_model_adapter_or_scale_before_printing_anything(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [arg.format(missing=tmp_path / "missing", empty=tmp_path / "empty") for arg in args]
+    result = runner.invoke(app, ["info", *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().count("\n") == 0, result.output  # one line: no version table before it
+    assert message in result.output

@@ -25,6 +25,7 @@ def test_scale_and_n():
     "args, fragment",
     [
         (["--scale", "0x"], "unknown scale"),
+        (["--n", "4", "--scale", "abc"], "unknown scale"),  # checked even though --n overrides it
         (["--aus", "6"], "--n N or --scale"),
         (["--n", "4", "--label", "happy", "--distribution", "affectnet"], "cannot be combined with --distribution"),
         (["--n", "4", "--distribution", "zipf"], "unknown --distribution 'zipf'"),

@@ -24,6 +24,7 @@ _PACKAGES = (
     "xformers",
 )
 _SD15 = "sd15"  # synfer.pipelines.cost.SD15_NAME, repeated so that plain `synfer info` imports no torch
+_TINY = "tiny"  # synfer.models.tiny.TINY_NAME
 _DEFAULT_TFLOPS = 300.0  # synfer.pipelines.cost.DEFAULT_TFLOPS
 
 
@@ -133,6 +134,19 @@ def info(
         check_guidance(0.0, parse_window(sg_window or "0.6:1.0"), sg_every if sg_every is not None else 1, "global")
         if layout_strength is not None:
             check_layout(layout_strength, layout_iterations or 0)
+
+    if scale is not None:
+        from ..synth.plan import scaled_size
+
+        scaled_size(scale, classes)
+    if model is not None:
+        # A mistyped folder fails here, before the tables, not after them.
+        from ..pipelines.loading import adapter_folder, model_source
+
+        if model not in (_SD15, _TINY):
+            model_source(model)
+        if adapter is not None:
+            adapter_folder(adapter)
 
     import torch
 

@@ -166,10 +166,9 @@ def sd15_architecture(adapter: bool = True):
 def _adapter_architecture(path: str | os.PathLike, device: torch.device):
     """An :class:`AUAdapter` built from a folder's ``config.json`` alone, on ``device``."""
     from ..models.au_adapter import AUAdapter
+    from .loading import adapter_folder
 
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"{str(path)!r} is not an AU adapter folder (no config.json)")
+    folder = adapter_folder(path)
     try:
         config = AUAdapter.load_config(str(folder))
     except (OSError, ValueError) as error:
@@ -244,20 +243,9 @@ def model_architecture(model: str, adapter: str | os.PathLike | None = None):
         pipe = SynFERPipeline(**tiny_components(0))
         pipe.set_progress_bar_config(disable=True)
     else:
-        from ..assets import resolve_model
-        from .loading import is_hub_id
+        from .loading import model_source
 
-        local = Path(resolve_model(model)).expanduser()
-        if local.exists():
-            if not (local / "model_index.json").is_file():
-                raise ModelLoadError(f"{model!r} is not a diffusers pipeline folder (no model_index.json)")
-            pipe = _folder_architecture(str(local), local_only=True)
-        elif is_hub_id(model):
-            pipe = _folder_architecture(model, local_only=bool(os.environ.get("HF_HUB_OFFLINE")))
-        else:
-            raise ModelLoadError(
-                f"model folder {model!r} does not exist (accepted: {SD15_NAME}, {TINY_NAME}, a pipeline folder, a hub id org/name)"
-            )
+        pipe = _folder_architecture(*model_source(model))
     if adapter is not None:
         pipe.load_au_adapter(_adapter_architecture(adapter, pipe.unet.device))
     return pipe

@@ -56,19 +56,43 @@ def resolve_model_name(model: str | None) -> str:
     return model
 
 
-def load_au_adapter(path: str | os.PathLike):
-    """An :class:`AUAdapter` from a folder with ``config.json`` and safetensors weights."""
-    from ..models.au_adapter import AUAdapter
-
+def adapter_folder(path: str | os.PathLike) -> Path:
+    """``path`` as an AU adapter folder; an error, before anything is read, when it is not one."""
     folder = Path(path)
     if not folder.is_dir():
         raise ModelLoadError(f"AU adapter folder {str(path)!r} does not exist")
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{str(path)!r} is not an AU adapter folder (no config.json)")
+    return folder
+
+
+def load_au_adapter(path: str | os.PathLike):
+    """An :class:`AUAdapter` from a folder with ``config.json`` and safetensors weights."""
+    from ..models.au_adapter import AUAdapter
+
+    folder = adapter_folder(path)
     try:
         return AUAdapter.from_pretrained(folder, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"could not load the AU adapter from {str(path)!r}: {first_line(error)}") from error
+
+
+def model_source(name: str) -> tuple[str, bool]:
+    """Where the pipeline folder or hub id ``name`` loads from, and whether only local files may be read.
+
+    Reads no weights, so commands call it before anything slow to refuse a mistyped ``--model`` at once.
+    """
+    local = Path(resolve_model(name)).expanduser()
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"{name!r} is not a diffusers pipeline folder (no model_index.json); "
+                "give a synfer model or a Stable Diffusion 1.5 folder"
+            )
+        return str(local), True
+    if is_hub_id(name):
+        return name, bool(os.environ.get("HF_HUB_OFFLINE"))
+    raise ModelLoadError(f"model folder {name!r} does not exist (and it is not a hub id such as org/name)")
 
 
 def load_pipeline(
@@ -97,18 +121,7 @@ def load_pipeline(
         if torch_dtype != torch.float32:
             pipe.to(dtype=torch_dtype)
     else:
-        local = Path(resolve_model(name)).expanduser()
-        if local.exists():
-            if not (local / "model_index.json").is_file():
-                raise ModelLoadError(
-                    f"{name!r} is not a diffusers pipeline folder (no model_index.json); "
-                    "give a synfer model or a Stable Diffusion 1.5 folder"
-                )
-            source, local_only = str(local), True
-        elif is_hub_id(name):
-            source, local_only = name, bool(os.environ.get("HF_HUB_OFFLINE"))
-        else:
-            raise ModelLoadError(f"model folder {name!r} does not exist (and it is not a hub id such as org/name)")
+        source, local_only = model_source(name)
         try:
             pipe = SynFERPipeline.from_pretrained(
                 source, dtype=torch_dtype, use_safetensors=True, local_files_only=local_only, **extra

@@ -133,7 +133,9 @@ class GenerateConfig:
 
         if self.n is None and self.scale is None:
             raise ConfigError("give the number of samples with --n N or --scale Nx (N times AffectNet's training size)")
-        n = self.n if self.n is not None else scaled_size(self.scale, self.classes)
+        # A mistyped --scale is an error even when --n overrides it, so a typo never passes silently.
+        scaled = scaled_size(self.scale, self.classes) if self.scale is not None else None
+        n = self.n if self.n is not None else scaled
         if self.label is not None and self.distribution is not None:
             raise ConfigError("--label fixes every sample's label; it cannot be combined with --distribution")
         if self.aus is not None and self.distribution is not None:
