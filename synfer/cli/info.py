@@ -24,7 +24,6 @@ _PACKAGES = (
     "xformers",
 )
 _SD15 = "sd15"  # synfer.pipelines.cost.SD15_NAME, repeated so that plain `synfer info` imports no torch
-_TINY = "tiny"  # synfer.models.tiny.TINY_NAME
 _DEFAULT_TFLOPS = 300.0  # synfer.pipelines.cost.DEFAULT_TFLOPS
 
 
@@ -141,9 +140,10 @@ def info(
         scaled_size(scale, classes)
     if model is not None:
         # A mistyped folder fails here, before the tables, not after them.
+        from ..models.tiny import TINY_NAME
         from ..pipelines.loading import adapter_folder, model_source
 
-        if model not in (_SD15, _TINY):
+        if model not in (_SD15, TINY_NAME):
             model_source(model)
         if adapter is not None:
             adapter_folder(adapter)
